@@ -1,0 +1,156 @@
+//! Backend-local knowledge about Herald's own objects, and running internal SQL as the
+//! extension owner.
+//!
+//! Callers only need `EXECUTE` on Herald's functions: the bookkeeping those functions do
+//! (inserting events, updating queue status) runs as the owner of the extension, the way a
+//! `SECURITY DEFINER` function would, but without the per-call cost of one. All internal
+//! SQL is schema-qualified and uses `OPERATOR(pg_catalog.=)`, so a caller's `search_path`
+//! cannot redirect it.
+use pgrx::prelude::*;
+use std::cell::Cell;
+
+use crate::errors;
+
+thread_local! {
+    static OIDS: Cell<Option<Oids>> = const { Cell::new(None) };
+    static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Oids of Herald's objects in this database, looked up once per backend.
+#[derive(Clone, Copy, Debug)]
+pub struct Oids {
+    pub owner: pg_sys::Oid,
+    pub event_seq: pg_sys::Oid,
+    pub event_type: pg_sys::Oid,
+    pub listener_rel: pg_sys::Oid,
+    pub event_rel: pg_sys::Oid,
+}
+
+/// Look up (once) the oids of Herald's objects.
+pub fn oids() -> Oids {
+    register_invalidation_callback();
+    if let Some(oids) = OIDS.with(|c| c.get()) {
+        return oids;
+    }
+    let row = errors::spi(Spi::connect(|client| {
+        let table = client.select(
+            "SELECT e.extowner, 'herald.event_id_seq'::pg_catalog.regclass::pg_catalog.oid,
+                    'herald.event'::pg_catalog.regtype::pg_catalog.oid,
+                    'herald.listener'::pg_catalog.regclass::pg_catalog.oid,
+                    'herald.event'::pg_catalog.regclass::pg_catalog.oid
+               FROM pg_catalog.pg_extension e
+              WHERE e.extname OPERATOR(pg_catalog.=) 'herald'",
+            Some(1),
+            &[],
+        )?;
+        let row = table.first();
+        Ok::<_, pgrx::spi::SpiError>((
+            row.get::<pg_sys::Oid>(1)?,
+            row.get::<pg_sys::Oid>(2)?,
+            row.get::<pg_sys::Oid>(3)?,
+            row.get::<pg_sys::Oid>(4)?,
+            row.get::<pg_sys::Oid>(5)?,
+        ))
+    }));
+    let oids = match row {
+        (Some(owner), Some(event_seq), Some(event_type), Some(listener_rel), Some(event_rel)) => {
+            Oids {
+                owner,
+                event_seq,
+                event_type,
+                listener_rel,
+                event_rel,
+            }
+        }
+        _ => errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "extension \"herald\" is not installed in this database",
+            Some("CREATE EXTENSION herald;".into()),
+        ),
+    };
+    OIDS.with(|c| c.set(Some(oids)));
+    oids
+}
+
+/// Forget everything cached about Herald's objects (after DDL on them, or DROP EXTENSION).
+fn reset() {
+    OIDS.with(|c| c.set(None));
+    crate::listeners::invalidate_cache();
+}
+
+/// Register (once per backend) a relcache callback: `herald._invalidate_listeners()` sends a
+/// relcache invalidation for `herald.listener`, which every backend receives at commit.
+fn register_invalidation_callback() {
+    if CALLBACK_REGISTERED.with(|c| c.replace(true)) {
+        return;
+    }
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0));
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    match OIDS.with(|c| c.get()) {
+        None => crate::listeners::invalidate_cache(),
+        Some(oids) => {
+            if relid == pg_sys::InvalidOid {
+                reset();
+            } else if relid == oids.listener_rel {
+                crate::listeners::invalidate_cache();
+            } else if relid == oids.event_rel {
+                // herald.event changed shape (or the extension was dropped): look everything up again.
+                reset();
+            }
+        }
+    }
+}
+
+/// Run `f` as the extension owner (for Herald's own bookkeeping), then switch back.
+///
+/// If `f` raises an error the (sub)transaction abort restores the user, as it does for
+/// `SECURITY DEFINER` functions.
+pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
+    let owner = oids().owner;
+    as_user(owner, f)
+}
+
+/// Run `f` as `user` with a local user-id change (no `SET ROLE` possible inside).
+pub fn as_user<R>(user: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    let mut saved_user = pg_sys::InvalidOid;
+    let mut saved_context = 0;
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
+        pg_sys::SetUserIdAndSecContext(
+            user,
+            saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
+    }
+    let result = f();
+    unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
+    result
+}
+
+/// The current user's oid.
+pub fn current_user() -> pg_sys::Oid {
+    unsafe { pg_sys::GetUserId() }
+}
+
+/// Is `member` a superuser or does it have the privileges of `role`?
+pub fn has_privs_of_role(member: pg_sys::Oid, role: pg_sys::Oid) -> bool {
+    unsafe { pg_sys::superuser_arg(member) || pg_sys::has_privs_of_role(member, role) }
+}
+
+/// Name of a role, for `source` and messages.
+pub fn role_name(role: pg_sys::Oid) -> String {
+    unsafe {
+        let name = pg_sys::GetUserNameFromId(role, true);
+        if name.is_null() {
+            format!("role {}", role.to_u32())
+        } else {
+            std::ffi::CStr::from_ptr(name)
+                .to_string_lossy()
+                .into_owned()
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! `herald.emit`: user events, delivered to their listeners.
+//!
+//! This is on the application's hot path, so it is a plain C-convention function: the
+//! `details` jsonb datum is passed through to storage and handlers untouched (no parse, no
+//! re-serialisation), listeners come from the per-backend cache, the insert uses a plan
+//! prepared once per backend, and the drainer is woken at commit through its latch.
+use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
+use pgrx::PgSqlErrorCode as Code;
+use std::cell::RefCell;
+
+use crate::catalog;
+use crate::dispatch::{self, EventValue, JsonbDatum};
+use crate::errors::{self, raise};
+use crate::listeners::{self, Listener, RESERVED_TYPES};
+use crate::wakeup;
+
+thread_local! {
+    static INSERT_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+}
+
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_herald_emit() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// `herald.emit(type text, action text, details jsonb DEFAULT '{}') RETURNS bigint`
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn herald_emit(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    let args = (*fcinfo).args.as_slice((*fcinfo).nargs as usize);
+    let text_arg = |i: usize, what: &str| -> String {
+        let a = args.get(i).copied();
+        match a {
+            Some(a) if !a.isnull => String::from_datum(a.value, false).unwrap_or_default(),
+            _ => errors::not_null(what),
+        }
+    };
+    let r#type = text_arg(0, "event type");
+    let action = text_arg(1, "event action");
+    let details = match args.get(2) {
+        Some(a) if !a.isnull => a.value,
+        Some(_) => errors::not_null("event details"),
+        None => pgrx::JsonB(serde_json::json!({})).into_datum().unwrap(),
+    };
+    if r#type.trim().is_empty() {
+        raise(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            "event type must not be empty",
+            None,
+        );
+    }
+    if action.trim().is_empty() {
+        raise(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            "event action must not be empty",
+            None,
+        );
+    }
+    if RESERVED_TYPES.contains(&r#type.as_str()) {
+        raise(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!(
+                "event type \"{}\" is reserved for Herald's own events",
+                r#type
+            ),
+            Some("Choose another type name for user events, e.g. 'invoice'.".into()),
+        );
+    }
+    let id = emit(&r#type, &action, details);
+    pg_sys::Datum::from(id)
+}
+
+/// Deliver one user event to every listener of its type; returns the event id.
+pub fn emit(r#type: &str, action: &str, details: pg_sys::Datum) -> i64 {
+    let oids = catalog::oids();
+    let id = unsafe { nextval_internal(oids.event_seq, false) };
+    let listeners = listeners::user_event_listeners().matching(r#type);
+    if listeners.is_empty() {
+        return id;
+    }
+    let event = EventValue {
+        id,
+        queue: None,
+        r#type: r#type.to_string(),
+        action: action.to_string(),
+        source: Some(catalog::role_name(catalog::current_user())),
+        details,
+        created_at: unsafe { pg_sys::GetCurrentTransactionStartTimestamp() },
+        listener: 0,
+    };
+    for l in listeners.iter().filter(|l| l.queue.is_some()) {
+        enqueue(&event, l);
+    }
+    for l in listeners.iter().filter(|l| l.sync) {
+        deliver_sync(&event, l);
+    }
+    id
+}
+
+/// Persist the event into the listener's queue and wake the queue's drainer at commit.
+fn enqueue(event: &EventValue, l: &Listener) {
+    let queue = l.queue.as_deref().unwrap_or_default();
+    catalog::as_owner(|| {
+        errors::spi(Spi::connect(|client| {
+            INSERT_PLAN.with(|cell| {
+                let mut cell = cell.borrow_mut();
+                if cell.is_none() {
+                    let plan = client.prepare_mut(
+                        "INSERT INTO herald.event (id, queue, type, action, source, details, created_at, listener)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                        &[
+                            pg_sys::INT8OID.into(),
+                            pg_sys::TEXTOID.into(),
+                            pg_sys::TEXTOID.into(),
+                            pg_sys::TEXTOID.into(),
+                            pg_sys::TEXTOID.into(),
+                            pg_sys::JSONBOID.into(),
+                            pg_sys::TIMESTAMPTZOID.into(),
+                            pg_sys::INT8OID.into(),
+                        ],
+                    )?;
+                    *cell = Some(plan.keep());
+                }
+                let plan = cell.as_ref().unwrap();
+                unsafe {
+                    client.select(
+                        plan,
+                        None,
+                        &[
+                            event.id.into(),
+                            queue.into(),
+                            event.r#type.as_str().into(),
+                            event.action.as_str().into(),
+                            event.source.as_deref().into(),
+                            pgrx::datum::DatumWithOid::new(JsonbDatum(event.details), pg_sys::JSONBOID),
+                            pgrx::datum::DatumWithOid::new(
+                                pg_sys::Datum::from(event.created_at),
+                                pg_sys::TIMESTAMPTZOID,
+                            ),
+                            l.id.into(),
+                        ],
+                    )?;
+                }
+                Ok::<_, pgrx::spi::SpiError>(())
+            })
+        }))
+    });
+    if let Some(queue_id) = l.queue_id {
+        wakeup::wake_at_commit(queue_id);
+    }
+}
+
+/// Run a synchronous listener's handler in the producing transaction, in a subtransaction:
+/// a failing handler is reported as a WARNING and logged, and the producer goes on.
+fn deliver_sync(event: &EventValue, l: &Listener) {
+    let value = EventValue {
+        id: event.id,
+        queue: None,
+        r#type: event.r#type.clone(),
+        action: event.action.clone(),
+        source: event.source.clone(),
+        details: event.details,
+        created_at: event.created_at,
+        listener: l.id,
+    };
+    let datum = dispatch::event_datum(&value);
+    if let Err(e) = dispatch::call_in_subtransaction(l.handler, datum, None) {
+        errors::warning(
+            format!(
+                "herald: handler of listener {} failed on event {}: {}",
+                l.id, event.id, e.message
+            ),
+            e.detail.clone(),
+        );
+        log_sync_failure(&value, l, &e.text());
+    }
+}
+
+fn log_sync_failure(event: &EventValue, l: &Listener, error: &str) {
+    catalog::as_owner(|| {
+        errors::spi(Spi::run_with_args(
+            "INSERT INTO herald.event_log (queue, event_id, listener, handler, type, action, outcome, error)
+             VALUES (NULL, $1, $2, $3::pg_catalog.oid::pg_catalog.regprocedure::text, $4, $5, 'failed', $6)",
+            &[
+                event.id.into(),
+                l.id.into(),
+                l.handler.into(),
+                event.r#type.as_str().into(),
+                event.action.as_str().into(),
+                error.into(),
+            ],
+        ))
+    });
+}
+
+unsafe extern "C-unwind" {
+    #[link_name = "nextval_internal"]
+    fn nextval_internal_raw(relid: pg_sys::Oid, check_permissions: bool) -> i64;
+}
+
+/// `nextval()` without the fmgr detour; errors (sequence exhausted) are raised safely.
+unsafe fn nextval_internal(relid: pg_sys::Oid, check_permissions: bool) -> i64 {
+    pg_sys::ffi::pg_guard_ffi_boundary(|| nextval_internal_raw(relid, check_permissions))
+}
+
+extension_sql!(
+    r#"
+CREATE FUNCTION herald.emit(type text, action text, details jsonb DEFAULT '{}')
+RETURNS bigint LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'herald_emit';
+COMMENT ON FUNCTION herald.emit(text, text, jsonb) IS
+    'Emit a user event to every listener of its type; returns the event id.';
+"#,
+    name = "emit",
+    requires = ["schema"],
+);

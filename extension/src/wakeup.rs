@@ -1,0 +1,84 @@
+//! Waking a queue's drainer when new work commits, without NOTIFY.
+//!
+//! The coordinator that drains a queue holds a session-level advisory lock on it
+//! (`herald.claim_queue`), and waits for work inside `herald.await_events`, which sleeps on
+//! its process latch. A transaction that adds work to a queue remembers the queue and, once
+//! its commit is visible, looks up who holds the queue's lock in the lock manager and sets
+//! that backend's latch. Cost on the producer: one lock-table probe per queue per commit;
+//! no NOTIFY (whose commit-time database lock serializes concurrent producers).
+//!
+//! Race-freedom: `await_events` resets its latch, then checks for work with a fresh
+//! snapshot, then sleeps. A producer whose commit the check missed commits after the check
+//! started, so it finds the drainer inside `await_events` (holding the lock and in a
+//! transaction) and sets the latch, which makes the sleep return at once.
+use pgrx::prelude::*;
+use pgrx::{register_xact_callback, PgXactCallbackEvent};
+use std::cell::RefCell;
+
+/// Advisory lock class of all Herald locks: "HRLD".
+pub const LOCK_CLASS: u32 = 1213353028;
+
+thread_local! {
+    static PENDING: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
+}
+
+// Not in pgrx's bindings; exported by the server (storage/sinvaladt.h) in PG 13-16.
+// It only reads shared memory under a lock and never raises.
+#[cfg(not(feature = "pg17"))]
+unsafe extern "C" {
+    fn BackendIdGetProc(backend_id: std::ffi::c_int) -> *mut pg_sys::PGPROC;
+}
+
+/// Wake the drainer of queue `queue_id` when (and only if) the current transaction commits.
+pub fn wake_at_commit(queue_id: i32) {
+    PENDING.with(|pending| {
+        let mut pending = pending.borrow_mut();
+        if pending.is_empty() {
+            register_xact_callback(PgXactCallbackEvent::Commit, || {
+                let queues = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+                for queue in queues {
+                    wake_now(queue);
+                }
+            });
+            register_xact_callback(PgXactCallbackEvent::Abort, || {
+                PENDING.with(|p| p.borrow_mut().clear());
+            });
+        }
+        if !pending.contains(&queue_id) {
+            pending.push(queue_id);
+        }
+    });
+}
+
+/// Set the latch of every backend holding the drainer lock of `queue_id` right now.
+fn wake_now(queue_id: i32) {
+    unsafe {
+        let mut tag: pg_sys::LOCKTAG = std::mem::zeroed();
+        tag.locktag_field1 = pg_sys::MyDatabaseId.to_u32();
+        tag.locktag_field2 = LOCK_CLASS;
+        tag.locktag_field3 = queue_id as u32;
+        tag.locktag_field4 = 2; // two int4 keys, as pg_advisory_lock(int4, int4)
+        tag.locktag_type = pg_sys::LockTagType::LOCKTAG_ADVISORY as u8;
+        tag.locktag_lockmethodid = pg_sys::USER_LOCKMETHOD as u8;
+        let mut count: std::ffi::c_int = 0;
+        let holders =
+            pg_sys::GetLockConflicts(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, &mut count);
+        for i in 0..count.max(0) as usize {
+            let vxid = *holders.add(i);
+            #[cfg(not(feature = "pg17"))]
+            let proc = BackendIdGetProc(vxid.backendId);
+            #[cfg(feature = "pg17")]
+            let proc = pg_sys::ProcNumberGetProc(vxid.procNumber);
+            if !proc.is_null() {
+                pg_sys::SetLatch(&mut (*proc).procLatch);
+            }
+        }
+    }
+}
+
+/// `herald._wake_queue(queue_id)`: used by the event_queue trigger so that a settings change
+/// reaches a waiting drainer at once.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _wake_queue(queue_id: i32) {
+    wake_at_commit(queue_id);
+}

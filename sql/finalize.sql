@@ -1,0 +1,161 @@
+-- Herald: triggers, views and privileges. Loaded last by CREATE EXTENSION (pgrx `finalize`),
+-- after the Rust functions exist.
+
+------------------------------------------------------------------------------------------
+-- Event queue settings: clear errors for bad input, wake-ups for changes.
+------------------------------------------------------------------------------------------
+CREATE FUNCTION herald._event_queue_check() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        IF EXISTS (SELECT 1 FROM herald.listener l WHERE l.queue = OLD.name) THEN
+            RAISE EXCEPTION 'event queue "%" still has listeners', OLD.name
+                USING ERRCODE = 'dependent_objects_still_exist',
+                      HINT = 'Remove them first: SELECT herald.remove_listener(id) FROM herald.listener WHERE queue = '
+                             || quote_literal(OLD.name) || ';';
+        END IF;
+        RETURN OLD;
+    END IF;
+    IF TG_OP = 'UPDATE' AND NEW.name IS DISTINCT FROM OLD.name THEN
+        RAISE EXCEPTION 'event queue "%" cannot be renamed', OLD.name
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Create a queue with the new name and register the listeners on it.';
+    END IF;
+    IF NEW.name IS NULL OR NEW.name = '' THEN
+        RAISE EXCEPTION 'an event queue needs a name'
+            USING ERRCODE = 'not_null_violation',
+                  HINT = 'INSERT INTO herald.event_queue (name) VALUES (''MyEventQueue'');';
+    END IF;
+    IF NEW.event_amount_per_lookup IS NULL OR NEW.event_amount_per_lookup NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION 'event_amount_per_lookup of queue "%" must be between 1 and 10000, not %',
+                NEW.name, coalesce(NEW.event_amount_per_lookup::text, 'NULL')
+            USING ERRCODE = 'check_violation',
+                  HINT = 'It is how many events one lookup reads and handles; the default is 10.';
+    END IF;
+    IF NEW.event_hold_on_error IS NULL OR NEW.event_hold_on_error NOT IN (0, 1) THEN
+        RAISE EXCEPTION 'event_hold_on_error of queue "%" must be 0 or 1, not %',
+                NEW.name, coalesce(NEW.event_hold_on_error::text, 'NULL')
+            USING ERRCODE = 'check_violation',
+                  HINT = '0 records a failure and goes on; 1 holds the queue at the failing event.';
+    END IF;
+    IF NEW.event_log_level IS NULL OR NEW.event_log_level NOT BETWEEN 0 AND 3 THEN
+        RAISE EXCEPTION 'event_log_level of queue "%" must be between 0 and 3, not %',
+                NEW.name, coalesce(NEW.event_log_level::text, 'NULL')
+            USING ERRCODE = 'check_violation',
+                  HINT = '0: nothing, 1: failures, 2: every handled event, 3: with details.';
+    END IF;
+    IF NEW.event_run IS NULL OR NEW.event_run NOT IN (0, 1) THEN
+        RAISE EXCEPTION 'event_run of queue "%" must be 0 (stopped) or 1 (running), not %',
+                NEW.name, coalesce(NEW.event_run::text, 'NULL')
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF TG_OP = 'INSERT' AND EXISTS (SELECT 1 FROM herald.event_queue q WHERE q.name = NEW.name) THEN
+        RAISE EXCEPTION 'event queue "%" already exists', NEW.name
+            USING ERRCODE = 'unique_violation',
+                  HINT = 'Change its settings with UPDATE herald.event_queue SET ... WHERE name = '
+                         || quote_literal(NEW.name) || ';';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER event_queue_check
+    BEFORE INSERT OR UPDATE OR DELETE ON herald.event_queue
+    FOR EACH ROW EXECUTE FUNCTION herald._event_queue_check();
+
+-- A change of settings wakes the queue's drainer (it re-reads them before its next lookup)
+-- and tells every coordinator to look at the set of running queues.
+CREATE FUNCTION herald._event_queue_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        DELETE FROM herald.event e WHERE e.queue = OLD.name;
+        PERFORM pg_notify('herald_queues', OLD.name);
+        RETURN OLD;
+    END IF;
+    -- Status updates written by the drainer itself need no wake-up.
+    IF TG_OP = 'UPDATE'
+       AND NEW.event_amount_per_lookup = OLD.event_amount_per_lookup
+       AND NEW.event_hold_on_error = OLD.event_hold_on_error
+       AND NEW.event_log_level = OLD.event_log_level
+       AND NEW.event_run = OLD.event_run
+       AND NEW.held_event IS NOT DISTINCT FROM OLD.held_event THEN
+        RETURN NEW;
+    END IF;
+    PERFORM herald._wake_queue(NEW.id);
+    PERFORM pg_notify('herald_queues', NEW.name);
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER event_queue_changed
+    AFTER INSERT OR UPDATE OR DELETE ON herald.event_queue
+    FOR EACH ROW EXECUTE FUNCTION herald._event_queue_changed();
+
+-- Any change to listeners (through the API or by hand) invalidates every backend's
+-- listener cache at commit.
+CREATE FUNCTION herald._listener_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM herald._invalidate_listeners();
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER listener_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON herald.listener
+    FOR EACH STATEMENT EXECUTE FUNCTION herald._listener_changed();
+
+------------------------------------------------------------------------------------------
+-- Coordinator API: the drainer lock of a queue is a session-level advisory lock.
+------------------------------------------------------------------------------------------
+CREATE FUNCTION herald.claim_queue(queue text) RETURNS boolean
+LANGUAGE sql STRICT SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT pg_try_advisory_lock(1213353028, q.id)
+                       FROM herald.event_queue q WHERE q.name = queue), false)
+$$;
+COMMENT ON FUNCTION herald.claim_queue(text) IS
+    'Try to become the drainer of a queue for the rest of this session (coordinators only).';
+
+CREATE FUNCTION herald.release_queue(queue text) RETURNS boolean
+LANGUAGE sql STRICT SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT pg_advisory_unlock(1213353028, q.id)
+                       FROM herald.event_queue q WHERE q.name = queue), false)
+$$;
+
+------------------------------------------------------------------------------------------
+-- Monitoring.
+------------------------------------------------------------------------------------------
+CREATE VIEW herald.queue_status AS
+SELECT q.name,
+       q.state,
+       q.event_run,
+       q.event_amount_per_lookup,
+       q.event_hold_on_error,
+       q.event_log_level,
+       (SELECT count(*) FROM herald.event e WHERE e.queue = q.name) AS backlog,
+       (SELECT min(e.created_at) FROM herald.event e WHERE e.queue = q.name) AS oldest_event_at,
+       (SELECT a.application_name
+          FROM pg_catalog.pg_locks l
+          JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+         WHERE l.locktype = 'advisory' AND l.granted
+           AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                              WHERE d.datname = pg_catalog.current_database())
+           AND l.classid = 1213353028::oid AND l.objid = q.id::oid AND l.objsubid = 2
+         LIMIT 1) AS drainer,
+       q.drained_by,
+       q.last_lookup_at,
+       q.held_event,
+       q.last_error,
+       q.last_error_at,
+       q.handled_count,
+       q.failed_count,
+       q.skipped_count
+  FROM herald.event_queue q;
+COMMENT ON VIEW herald.queue_status IS
+    'Queues with their backlog and the coordinator connection (application_name) draining them.';
+
+------------------------------------------------------------------------------------------
+-- Privileges: nothing is open to PUBLIC. See docs/privileges.md for the grants per role.
+------------------------------------------------------------------------------------------
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA herald FROM PUBLIC;
