@@ -43,6 +43,9 @@ pub fn oids() -> Oids {
             Some(1),
             &[],
         )?;
+        if table.is_empty() {
+            return Ok((None, None, None, None, None));
+        }
         let row = table.first();
         Ok::<_, pgrx::spi::SpiError>((
             row.get::<pg_sys::Oid>(1)?,

@@ -284,7 +284,9 @@ pub fn insert_listener(
                      VALUES ($1, $2::pg_catalog.oid::pg_catalog.regprocedure, $3, $4, $5,
                              $6::pg_catalog.oid::pg_catalog.regrole, $7)
                      RETURNING id",
-                    Some(1),
+                    // No row limit: a limited INSERT ... RETURNING never completes its
+                    // ModifyTable node, so AFTER STATEMENT triggers would not fire.
+                    None,
                     &[
                         kind.into(),
                         handler.into(),
@@ -346,11 +348,18 @@ fn add_event_listener(
 fn remove_listener(id: Option<i64>) {
     let id = errors::required(id, "listener id");
     let owner = catalog::as_owner(|| {
-        errors::spi(Spi::get_one_with_args::<pg_sys::Oid>(
-            "SELECT l.owner::pg_catalog.oid FROM herald.listener l
-              WHERE l.id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
-            &[id.into()],
-        ))
+        errors::spi(Spi::connect_mut(|client| {
+            let rows = client.update(
+                "SELECT l.owner::pg_catalog.oid FROM herald.listener l
+                  WHERE l.id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+                None,
+                &[id.into()],
+            )?;
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            rows.first().get::<pg_sys::Oid>(1)
+        }))
     });
     let Some(owner) = owner else {
         raise(
