@@ -112,3 +112,63 @@ fn default_node() -> String {
         clean
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(url: Option<&str>, node: Option<&str>) -> RunArgs {
+        RunArgs {
+            db: DbArgs {
+                database_url: url.map(str::to_string),
+            },
+            node: node.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_missing_database_is_a_configuration_error() {
+        assert!(matches!(
+            RunConfig::from_args(&run_args(None, Some("a"))),
+            Err(ConfigError::NoDatabase)
+        ));
+        assert!(matches!(
+            RunConfig::from_args(&run_args(Some("  "), Some("a"))),
+            Err(ConfigError::NoDatabase)
+        ));
+    }
+
+    #[test]
+    fn urls_in_both_styles_are_accepted_and_bad_ones_refused() {
+        assert!(RunConfig::from_args(&run_args(
+            Some("postgres://u@localhost:5432/erp"),
+            Some("a")
+        ))
+        .is_ok());
+        assert!(RunConfig::from_args(&run_args(Some("host=/tmp dbname=erp"), Some("a"))).is_ok());
+        let bad = RunConfig::from_args(&run_args(
+            Some("postgres://u@localhost:notaport/erp"),
+            Some("a"),
+        ));
+        assert!(matches!(bad, Err(ConfigError::BadUrl(_))));
+    }
+
+    #[test]
+    fn node_names_are_checked_and_default_to_the_host_name() {
+        assert!(matches!(
+            RunConfig::from_args(&run_args(Some("host=x"), Some("bad node"))),
+            Err(ConfigError::BadNode(_))
+        ));
+        assert!(matches!(
+            RunConfig::from_args(&run_args(Some("host=x"), Some(""))),
+            Err(ConfigError::BadNode(_))
+        ));
+        let long = "n".repeat(49);
+        assert!(matches!(
+            RunConfig::from_args(&run_args(Some("host=x"), Some(&long))),
+            Err(ConfigError::BadNode(_))
+        ));
+        let config = RunConfig::from_args(&run_args(Some("host=x"), None)).unwrap();
+        assert!(!config.node.is_empty());
+    }
+}

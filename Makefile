@@ -1,0 +1,66 @@
+# Herald — everything a fresh Debian machine needs, in two commands (run as root, or with sudo):
+#
+#   make demo   set up, build, install the extension, run `herald demo`
+#   make test   set up, build, install the extension, run every test
+#
+# Set-up is idempotent and fast once done: Debian packages, cargo-pgrx at the pinned
+# version, and `cargo pgrx init` against the system PostgreSQL.
+
+PG_MAJOR     ?= 15
+PG_CONFIG    ?= /usr/lib/postgresql/$(PG_MAJOR)/bin/pg_config
+PGRX_VERSION := 0.18.0
+PGRX_TESTDIR ?= /tmp/herald-pgrx-test
+APT_PACKAGES := postgresql-$(PG_MAJOR) postgresql-server-dev-$(PG_MAJOR) libclang-dev clang sudo make
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: demo test setup install build test-extension test-e2e bench clean
+
+demo: install build
+	./target/debug/herald demo
+
+test: setup test-extension install build test-e2e
+
+## System packages, cargo-pgrx and pgrx init, each only when missing.
+setup:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    echo "==> installing Debian packages:$$missing"; \
+	    $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+	@if ! cargo pgrx --version 2>/dev/null | grep -q " $(PGRX_VERSION)$$"; then \
+	    echo "==> installing cargo-pgrx $(PGRX_VERSION) (takes a few minutes, once)"; \
+	    cargo install --locked cargo-pgrx --version $(PGRX_VERSION); \
+	fi
+	@if ! grep -qs '^pg$(PG_MAJOR) = "$(PG_CONFIG)"' $${PGRX_HOME:-$$HOME/.pgrx}/config.toml; then \
+	    echo "==> cargo pgrx init --pg$(PG_MAJOR) $(PG_CONFIG)"; \
+	    cargo pgrx init --pg$(PG_MAJOR) $(PG_CONFIG); \
+	fi
+
+## Build and install the extension into the system PostgreSQL.
+install: setup
+	cargo pgrx install -p herald --pg-config $(PG_CONFIG) $(if $(SUDO),--sudo)
+
+## Build the coordinator (`herald`).
+build:
+	cargo build -p herald-coordinator
+
+## In-database tests (#[pg_test]) in a throw-away cluster run by the postgres user.
+test-extension: setup
+	$(SUDO) mkdir -p $(PGRX_TESTDIR) && $(SUDO) chown postgres $(PGRX_TESTDIR)
+	cargo pgrx test pg$(PG_MAJOR) -p herald --runas postgres --pgdata $(PGRX_TESTDIR)/data
+
+## End-to-end tests: private clusters, the installed extension, real coordinators.
+test-e2e: build
+	cargo test -p herald-coordinator -p herald-tests
+
+## Benchmarks against peers (see bench/README.md); not part of `make test`.
+bench: setup
+	bash bench/run.sh
+
+clean:
+	cargo clean
+	$(SUDO) rm -rf $(PGRX_TESTDIR)
