@@ -60,8 +60,17 @@ END
 $$;
 
 CREATE TRIGGER event_queue_check
-    BEFORE INSERT OR UPDATE OR DELETE ON herald.event_queue
+    BEFORE INSERT OR DELETE ON herald.event_queue
     FOR EACH ROW EXECUTE FUNCTION herald._event_queue_check();
+-- Only when settings change: the drainer's status update after every lookup skips it.
+CREATE TRIGGER event_queue_check_settings
+    BEFORE UPDATE ON herald.event_queue
+    FOR EACH ROW WHEN (OLD.name IS DISTINCT FROM NEW.name
+                    OR OLD.event_amount_per_lookup IS DISTINCT FROM NEW.event_amount_per_lookup
+                    OR OLD.event_hold_on_error IS DISTINCT FROM NEW.event_hold_on_error
+                    OR OLD.event_log_level IS DISTINCT FROM NEW.event_log_level
+                    OR OLD.event_run IS DISTINCT FROM NEW.event_run)
+    EXECUTE FUNCTION herald._event_queue_check();
 
 -- A change of settings wakes the queue's drainer (it re-reads them before its next lookup)
 -- and tells every coordinator to look at the set of running queues.
@@ -73,14 +82,8 @@ BEGIN
         PERFORM pg_notify('herald_queues', OLD.name);
         RETURN OLD;
     END IF;
-    -- Status updates written by the drainer itself need no wake-up.
-    IF TG_OP = 'UPDATE'
-       AND NEW.event_amount_per_lookup = OLD.event_amount_per_lookup
-       AND NEW.event_hold_on_error = OLD.event_hold_on_error
-       AND NEW.event_log_level = OLD.event_log_level
-       AND NEW.event_run = OLD.event_run
-       AND NEW.held_event IS NOT DISTINCT FROM OLD.held_event THEN
-        RETURN NEW;
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO herald.queue_state (queue) VALUES (NEW.name);
     END IF;
     PERFORM herald._wake_queue(NEW.id);
     PERFORM pg_notify('herald_queues', NEW.name);
@@ -89,8 +92,15 @@ END
 $$;
 
 CREATE TRIGGER event_queue_changed
-    AFTER INSERT OR UPDATE OR DELETE ON herald.event_queue
+    AFTER INSERT OR DELETE ON herald.event_queue
     FOR EACH ROW EXECUTE FUNCTION herald._event_queue_changed();
+CREATE TRIGGER event_queue_changed_settings
+    AFTER UPDATE ON herald.event_queue
+    FOR EACH ROW WHEN (OLD.event_amount_per_lookup IS DISTINCT FROM NEW.event_amount_per_lookup
+                    OR OLD.event_hold_on_error IS DISTINCT FROM NEW.event_hold_on_error
+                    OR OLD.event_log_level IS DISTINCT FROM NEW.event_log_level
+                    OR OLD.event_run IS DISTINCT FROM NEW.event_run)
+    EXECUTE FUNCTION herald._event_queue_changed();
 
 -- Any change to listeners (through the API or by hand) invalidates every backend's
 -- listener cache at commit.
@@ -128,13 +138,17 @@ $$;
 ------------------------------------------------------------------------------------------
 CREATE VIEW herald.queue_status AS
 SELECT q.name,
-       q.state,
+       CASE WHEN s.held_event IS NOT NULL THEN 'held'
+            WHEN q.event_run = 1 THEN 'running'
+            ELSE 'stopped' END AS state,
        q.event_run,
        q.event_amount_per_lookup,
        q.event_hold_on_error,
        q.event_log_level,
-       (SELECT count(*) FROM herald.event e WHERE e.queue = q.name) AS backlog,
-       (SELECT min(e.created_at) FROM herald.event e WHERE e.queue = q.name) AS oldest_event_at,
+       (SELECT count(*) FROM herald.event e
+         WHERE e.queue = q.name AND e.id >= s.scan_from) AS backlog,
+       (SELECT min(e.created_at) FROM herald.event e
+         WHERE e.queue = q.name AND e.id >= s.scan_from) AS oldest_event_at,
        (SELECT a.application_name
           FROM pg_catalog.pg_locks l
           JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
@@ -143,15 +157,16 @@ SELECT q.name,
                               WHERE d.datname = pg_catalog.current_database())
            AND l.classid = 1213353028::oid AND l.objid = q.id::oid AND l.objsubid = 2
          LIMIT 1) AS drainer,
-       q.drained_by,
-       q.last_lookup_at,
-       q.held_event,
-       q.last_error,
-       q.last_error_at,
-       q.handled_count,
-       q.failed_count,
-       q.skipped_count
-  FROM herald.event_queue q;
+       s.drained_by,
+       s.last_lookup_at,
+       s.held_event,
+       s.last_error,
+       s.last_error_at,
+       s.handled_count,
+       s.failed_count,
+       s.skipped_count
+  FROM herald.event_queue q
+  JOIN herald.queue_state s ON s.queue = q.name;
 COMMENT ON VIEW herald.queue_status IS
     'Queues with their backlog and the coordinator connection (application_name) draining them.';
 

@@ -21,28 +21,40 @@ CREATE TABLE herald.event_queue (
         CONSTRAINT event_log_level_between_0_and_3 CHECK (event_log_level BETWEEN 0 AND 3),
     event_run               smallint NOT NULL DEFAULT 0
         CONSTRAINT event_run_is_0_or_1 CHECK (event_run IN (0, 1)),
-    -- Status, maintained by Herald (readable next to the settings).
-    state                   text GENERATED ALWAYS AS (
-        CASE WHEN held_event IS NOT NULL THEN 'held'
-             WHEN event_run OPERATOR(pg_catalog.=) 1 THEN 'running'
-             ELSE 'stopped' END) STORED,
-    held_event              bigint,
-    held_listener           bigint,
-    last_error              text,
-    last_error_at           timestamptz,
-    handled_count           bigint NOT NULL DEFAULT 0,
-    failed_count            bigint NOT NULL DEFAULT 0,
-    skipped_count           bigint NOT NULL DEFAULT 0,
-    drained_by              text,
-    last_lookup_at          timestamptz,
     created_at              timestamptz NOT NULL DEFAULT pg_catalog.now(),
     -- Stable number used for the queue's drainer lock (names may be long; ids are cheap).
     id                      integer GENERATED ALWAYS AS IDENTITY UNIQUE
 );
-ALTER TABLE herald.event_queue SET (fillfactor = 50);  -- status updates stay HOT
 COMMENT ON TABLE herald.event_queue IS
     'Herald event queues: settings (event_*) are changed with UPDATE and picked up by the '
-    'running drainer after its current lookup; the other columns are status.';
+    'running drainer after its current lookup. Status: herald.queue_status.';
+
+------------------------------------------------------------------------------------------
+-- Runtime state of each queue, written by every lookup. Kept apart from the settings so
+-- that a lookup updates a lean row (no checks, triggers or generated columns) and a DBA's
+-- UPDATE of the settings never waits for a lookup.
+------------------------------------------------------------------------------------------
+CREATE TABLE herald.queue_state (
+    queue          text PRIMARY KEY REFERENCES herald.event_queue (name) ON DELETE CASCADE,
+    held_event     bigint,
+    held_listener  bigint,
+    last_error     text,
+    last_error_at  timestamptz,
+    handled_count  bigint NOT NULL DEFAULT 0,
+    failed_count   bigint NOT NULL DEFAULT 0,
+    skipped_count  bigint NOT NULL DEFAULT 0,
+    drained_by     text,
+    last_lookup_at timestamptz,
+    -- Scan floor: every event of this queue with id < scan_from is handled or will never
+    -- exist, so lookups start there instead of wading through the dead index entries of
+    -- handled events. It advances to mark_id once every transaction that was running when
+    -- the mark was set (xid < mark_xmax) has ended; see docs/architecture.md.
+    scan_from      bigint NOT NULL DEFAULT 0,
+    mark_id        bigint,
+    mark_xmax      xid8
+) WITH (fillfactor = 20);
+COMMENT ON TABLE herald.queue_state IS
+    'Runtime state of each event queue, maintained by Herald; read it through herald.queue_status.';
 
 ------------------------------------------------------------------------------------------
 -- Listeners: what ends up where, and which SQL function handles it.

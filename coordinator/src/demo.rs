@@ -246,7 +246,7 @@ async fn report(
         );
     }
     for r in q(
-        "SELECT name, handled_count, failed_count, coalesce(last_error, '-') FROM herald.event_queue ORDER BY name",
+        "SELECT name, handled_count, failed_count, coalesce(last_error, '-') FROM herald.queue_status ORDER BY name",
     )
     .await?
     {

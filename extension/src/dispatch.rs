@@ -113,11 +113,39 @@ fn sqlstate_text(code: pgrx::PgSqlErrorCode) -> String {
     s
 }
 
+thread_local! {
+    /// `herald.event`'s tuple descriptor: (type oid, descriptor in TopMemoryContext).
+    static EVENT_TUPDESC: std::cell::Cell<Option<(pg_sys::Oid, pg_sys::TupleDesc)>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Forget the cached descriptor (after DDL on herald.event; called from the relcache callback).
+pub fn invalidate_tupdesc() {
+    EVENT_TUPDESC.with(|c| c.set(None)); // the old copy is leaked once per DDL, deliberately
+}
+
+fn event_tupdesc() -> pg_sys::TupleDesc {
+    let type_oid = catalog::oids().event_type;
+    if let Some((oid, desc)) = EVENT_TUPDESC.with(|c| c.get()) {
+        if oid == type_oid {
+            return desc;
+        }
+    }
+    let desc = unsafe {
+        let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+        let desc = pg_sys::lookup_rowtype_tupdesc_copy(type_oid, -1);
+        pg_sys::BlessTupleDesc(desc);
+        pg_sys::MemoryContextSwitchTo(old);
+        desc
+    };
+    EVENT_TUPDESC.with(|c| c.set(Some((type_oid, desc))));
+    desc
+}
+
 /// Build a `herald.event` composite datum in the current memory context.
 pub fn event_datum(e: &EventValue) -> pg_sys::Datum {
-    let type_oid = catalog::oids().event_type;
     unsafe {
-        let tupdesc = pg_sys::lookup_rowtype_tupdesc_copy(type_oid, -1);
+        let tupdesc = event_tupdesc();
         let natts = (*tupdesc).natts as usize;
         let mut values = vec![pg_sys::Datum::from(0); natts];
         let mut nulls = vec![true; natts];
@@ -148,26 +176,100 @@ pub fn event_datum(e: &EventValue) -> pg_sys::Datum {
     }
 }
 
-/// Call `handler(event)` in a subtransaction, as `run_as` when given.
-///
-/// On success the handler's effects stay in the current transaction; on error they are
-/// rolled back and the error is returned, and the caller's transaction goes on.
+/// One handler call to make: the function (None if it no longer exists), its argument,
+/// and the role to run it as.
+pub struct Call {
+    pub handler: Option<pg_sys::Oid>,
+    pub event: pg_sys::Datum,
+    pub run_as: Option<pg_sys::Oid>,
+}
+
+/// Function-call info per handler, kept for one batch of calls so that a handler's own
+/// caches (a SQL function's plans live in `fn_extra`) survive from one event to the next.
+#[derive(Default)]
+pub struct Handlers {
+    infos: std::collections::HashMap<pg_sys::Oid, *mut pg_sys::FmgrInfo>,
+}
+
+impl Handlers {
+    fn info(&mut self, handler: pg_sys::Oid) -> *mut pg_sys::FmgrInfo {
+        *self.infos.entry(handler).or_insert_with(|| unsafe {
+            let info =
+                pg_sys::palloc0(std::mem::size_of::<pg_sys::FmgrInfo>()) as *mut pg_sys::FmgrInfo;
+            pg_sys::fmgr_info(handler, info);
+            info
+        })
+    }
+}
+
+/// Run `calls` in order inside one subtransaction. If all succeed their effects stay and
+/// `Ok` is returned. If call `k` fails, everything the batch did is rolled back and
+/// `Err(k)` is returned: the caller replays `..=k` one by one to learn each outcome.
+pub fn call_batch(handlers: &mut Handlers, calls: &[Call]) -> Result<(), usize> {
+    let mut reached = 0usize;
+    let reached_ptr: *mut usize = &mut reached;
+    let handlers_ptr: *mut Handlers = handlers;
+    let result = in_subtransaction(move || {
+        for (k, call) in calls.iter().enumerate() {
+            unsafe { *reached_ptr = k };
+            let Some(oid) = call.handler else {
+                pgrx::error!("handler missing");
+            };
+            let info = unsafe { (*handlers_ptr).info(oid) };
+            match call.run_as {
+                Some(user) => catalog::as_user(user, || unsafe { invoke(info, call.event) }),
+                None => unsafe { invoke(info, call.event) },
+            }
+            unsafe { pg_sys::CommandCounterIncrement() };
+        }
+    });
+    result.map_err(|_| reached)
+}
+
+/// Call one handler in its own subtransaction. On error its effects are rolled back and
+/// the error is returned; the caller's transaction goes on.
+pub fn call_one(handlers: &mut Handlers, call: &Call) -> Result<(), HandlerError> {
+    let Some(oid) = call.handler else {
+        return Err(HandlerError::new(
+            "the listener or its handler function no longer exists",
+        ));
+    };
+    let info = handlers.info(oid);
+    let (event, run_as) = (call.event, call.run_as);
+    let result = in_subtransaction(move || match run_as {
+        Some(user) => catalog::as_user(user, || unsafe { invoke(info, event) }),
+        None => unsafe { invoke(info, event) },
+    });
+    unsafe { pg_sys::CommandCounterIncrement() };
+    result
+}
+
+/// Call `handler(event)` in a subtransaction with fresh call info (synchronous delivery).
 pub fn call_in_subtransaction(
     handler: pg_sys::Oid,
     event: pg_sys::Datum,
     run_as: Option<pg_sys::Oid>,
 ) -> Result<(), HandlerError> {
+    call_one(
+        &mut Handlers::default(),
+        &Call {
+            handler: Some(handler),
+            event,
+            run_as,
+        },
+    )
+}
+
+/// Run `f` in an internal subtransaction (the way PL/pgSQL runs an EXCEPTION block).
+fn in_subtransaction<F: FnOnce()>(f: F) -> Result<(), HandlerError> {
     unsafe {
         let old_context = pg_sys::CurrentMemoryContext;
         let old_owner = pg_sys::CurrentResourceOwner;
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
         pg_sys::MemoryContextSwitchTo(old_context);
-
-        let result = PgTryBuilder::new(move || {
-            match run_as {
-                Some(user) => catalog::as_user(user, || invoke(handler, event)),
-                None => invoke(handler, event),
-            }
+        let f = std::panic::AssertUnwindSafe(f);
+        PgTryBuilder::new(move || {
+            f();
             pg_sys::ReleaseCurrentSubTransaction();
             pg_sys::MemoryContextSwitchTo(old_context);
             pg_sys::CurrentResourceOwner = old_owner;
@@ -180,21 +282,16 @@ pub fn call_in_subtransaction(
             pg_sys::CurrentResourceOwner = old_owner;
             Err(HandlerError::from(e))
         })
-        .execute();
-        // Make the handler's effects visible to what follows (the next handler, our bookkeeping).
-        pg_sys::CommandCounterIncrement();
-        result
+        .execute()
     }
 }
 
 /// Call a one-argument function through fmgr; its result (possibly NULL) is ignored.
-unsafe fn invoke(handler: pg_sys::Oid, arg: pg_sys::Datum) {
-    let mut flinfo: pg_sys::FmgrInfo = std::mem::zeroed();
-    pg_sys::fmgr_info(handler, &mut flinfo);
+unsafe fn invoke(info: *mut pg_sys::FmgrInfo, arg: pg_sys::Datum) {
     let size = std::mem::size_of::<pg_sys::FunctionCallInfoBaseData>()
         + std::mem::size_of::<pg_sys::NullableDatum>();
     let fcinfo = pg_sys::palloc0(size) as pg_sys::FunctionCallInfo;
-    (*fcinfo).flinfo = &mut flinfo;
+    (*fcinfo).flinfo = info;
     (*fcinfo).nargs = 1;
     (*fcinfo).fncollation = pg_sys::InvalidOid;
     let args = (*fcinfo).args.as_mut_slice(1);
@@ -202,7 +299,7 @@ unsafe fn invoke(handler: pg_sys::Oid, arg: pg_sys::Datum) {
         value: arg,
         isnull: false,
     };
-    let fn_addr = flinfo.fn_addr.expect("fmgr_info set no function address");
+    let fn_addr = (*info).fn_addr.expect("fmgr_info set no function address");
     pg_sys::ffi::pg_guard_ffi_boundary(|| {
         fn_addr(fcinfo);
     });

@@ -5,19 +5,14 @@
 //! re-serialisation), listeners come from the per-backend cache, the insert uses a plan
 //! prepared once per backend, and the drainer is woken at commit through its latch.
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
 use pgrx::PgSqlErrorCode as Code;
-use std::cell::RefCell;
 
 use crate::catalog;
-use crate::dispatch::{self, EventValue, JsonbDatum};
+use crate::dispatch::{self, EventValue};
 use crate::errors::{self, raise};
 use crate::listeners::{self, Listener, RESERVED_TYPES};
+use crate::plans;
 use crate::wakeup;
-
-thread_local! {
-    static INSERT_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
-}
 
 #[unsafe(no_mangle)]
 #[doc(hidden)]
@@ -76,8 +71,13 @@ pub unsafe extern "C-unwind" fn herald_emit(fcinfo: pg_sys::FunctionCallInfo) ->
 /// Deliver one user event to every listener of its type; returns the event id.
 pub fn emit(r#type: &str, action: &str, details: pg_sys::Datum) -> i64 {
     let oids = catalog::oids();
-    let id = unsafe { nextval_internal(oids.event_seq, false) };
     let listeners = listeners::user_event_listeners().matching(r#type);
+    if listeners.iter().any(|l| l.queue.is_some()) {
+        // The transaction id comes before the event id: drainers rely on it to know when no
+        // smaller event id can appear any more (see queues::next_floor).
+        unsafe { pg_sys::GetTopTransactionId() };
+    }
+    let id = unsafe { nextval_internal(oids.event_seq, false) };
     if listeners.is_empty() {
         return id;
     }
@@ -104,49 +104,25 @@ pub fn emit(r#type: &str, action: &str, details: pg_sys::Datum) -> i64 {
 fn enqueue(event: &EventValue, l: &Listener) {
     let queue = l.queue.as_deref().unwrap_or_default();
     catalog::as_owner(|| {
-        errors::spi(Spi::connect(|client| {
-            INSERT_PLAN.with(|cell| {
-                let mut cell = cell.borrow_mut();
-                if cell.is_none() {
-                    let plan = client.prepare_mut(
-                        "INSERT INTO herald.event (id, queue, type, action, source, details, created_at, listener)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                        &[
-                            pg_sys::INT8OID.into(),
-                            pg_sys::TEXTOID.into(),
-                            pg_sys::TEXTOID.into(),
-                            pg_sys::TEXTOID.into(),
-                            pg_sys::TEXTOID.into(),
-                            pg_sys::JSONBOID.into(),
-                            pg_sys::TIMESTAMPTZOID.into(),
-                            pg_sys::INT8OID.into(),
-                        ],
-                    )?;
-                    *cell = Some(plan.keep());
-                }
-                let plan = cell.as_ref().unwrap();
-                unsafe {
-                    client.select(
-                        plan,
-                        None,
-                        &[
-                            event.id.into(),
-                            queue.into(),
-                            event.r#type.as_str().into(),
-                            event.action.as_str().into(),
-                            event.source.as_deref().into(),
-                            pgrx::datum::DatumWithOid::new(JsonbDatum(event.details), pg_sys::JSONBOID),
-                            pgrx::datum::DatumWithOid::new(
-                                pg_sys::Datum::from(event.created_at),
-                                pg_sys::TIMESTAMPTZOID,
-                            ),
-                            l.id.into(),
-                        ],
-                    )?;
-                }
-                Ok::<_, pgrx::spi::SpiError>(())
-            })
-        }))
+        Spi::connect(|client| {
+            use pg_sys::{INT8OID as I8, JSONBOID, TEXTOID as T, TIMESTAMPTZOID};
+            plans::execute(
+                client,
+                "INSERT INTO herald.event (id, queue, type, action, source, details, created_at, listener)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[I8, T, T, T, T, JSONBOID, TIMESTAMPTZOID, I8],
+                &[
+                    event.id.into_datum(),
+                    queue.into_datum(),
+                    event.r#type.as_str().into_datum(),
+                    event.action.as_str().into_datum(),
+                    event.source.as_deref().into_datum(),
+                    Some(event.details),
+                    Some(pg_sys::Datum::from(event.created_at)),
+                    l.id.into_datum(),
+                ],
+            );
+        })
     });
     if let Some(queue_id) = l.queue_id {
         wakeup::wake_at_commit(queue_id);

@@ -6,6 +6,7 @@
 //! - [`queues`]: draining a queue (`herald.drain`), waiting for work, resuming held queues
 //! - [`dispatch`]: building `herald.event` values and calling handlers in subtransactions
 //! - [`wakeup`]: waking a queue's drainer at commit without NOTIFY
+//! - [`plans`]: kept plans of Herald's internal statements
 //! - [`catalog`]: backend-local lookups of Herald's own objects and owner switching
 use pgrx::prelude::*;
 
@@ -14,6 +15,7 @@ mod dispatch;
 mod errors;
 mod events;
 mod listeners;
+mod plans;
 mod queues;
 mod wakeup;
 

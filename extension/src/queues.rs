@@ -6,13 +6,12 @@
 //! before commit leaves neither effects nor acknowledgements. Coordinators additionally
 //! hold the queue's advisory lock (`herald.claim_queue`) so that one of them drains it.
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
 use pgrx::PgSqlErrorCode as Code;
-use std::cell::RefCell;
 
 use crate::catalog;
 use crate::dispatch::{self, EventValue, HandlerError, JsonbDatum};
 use crate::errors::{self, raise};
+use crate::plans;
 
 /// One queue's settings, as read (and locked) at the start of a lookup.
 struct QueueSettings {
@@ -21,12 +20,17 @@ struct QueueSettings {
     log_level: i16,
     running: bool,
     held: bool,
+    /// Scan floor: events below it are handled or will never exist.
+    scan_from: i64,
+    /// The pending mark (see `next_floor`) and whether it is ripe.
+    mark_id: Option<i64>,
+    mark_ripe: bool,
 }
 
 /// One pending event with its listener's handler.
 struct Pending {
     event: EventValue,
-    handler: Option<(pg_sys::Oid, String)>,
+    handler: Option<pg_sys::Oid>,
     owner: Option<pg_sys::Oid>,
 }
 
@@ -36,27 +40,71 @@ enum Outcome {
 }
 
 fn lock_queue(client: &mut pgrx::spi::SpiClient<'_>, queue: &str) -> Option<QueueSettings> {
-    let rows = errors::spi(client.update(
+    let rows = plans::execute(
+        client,
         "SELECT q.event_amount_per_lookup, q.event_hold_on_error, q.event_log_level,
-                q.event_run, q.held_event IS NOT NULL
-           FROM herald.event_queue q
-          WHERE q.name OPERATOR(pg_catalog.=) $1
-            FOR NO KEY UPDATE",
-        Some(1),
-        &[queue.into()],
-    ));
+                q.event_run, s.held_event IS NOT NULL, s.scan_from, s.mark_id,
+                COALESCE(pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())
+                         OPERATOR(pg_catalog.>=) s.mark_xmax, false)
+           FROM herald.queue_state s
+           JOIN herald.event_queue q ON q.name OPERATOR(pg_catalog.=) s.queue
+          WHERE s.queue OPERATOR(pg_catalog.=) $1
+            FOR NO KEY UPDATE OF s",
+        &[pg_sys::TEXTOID],
+        &[queue.into_datum()],
+    );
     if rows.is_empty() {
         return None;
     }
-    let row = rows.first();
-    let get_i16 = |i| errors::spi(row.get::<i16>(i)).unwrap_or_default();
+    let get_i16 = |i| rows.get::<i16>(0, i).unwrap_or_default();
     Some(QueueSettings {
-        amount_per_lookup: errors::spi(row.get::<i32>(1)).unwrap_or(10),
+        amount_per_lookup: rows.get::<i32>(0, 1).unwrap_or(10),
         hold_on_error: get_i16(2) == 1,
         log_level: get_i16(3),
         running: get_i16(4) == 1,
-        held: errors::spi(row.get::<bool>(5)).unwrap_or(false),
+        held: rows.get::<bool>(0, 5).unwrap_or(false),
+        scan_from: rows.get::<i64>(0, 6).unwrap_or(0),
+        mark_id: rows.get::<i64>(0, 7),
+        mark_ripe: rows.get::<bool>(0, 8).unwrap_or(false),
     })
+}
+
+/// Where the next lookups start, after this one: `(scan_from, mark_id, new_mark)`.
+///
+/// Event ids are allocated after the producer's transaction id (see `events::emit`), so an
+/// event that is still invisible but has an id below the highest one handled belongs to a
+/// transaction whose xid was assigned before the fetch. A mark records "everything below
+/// `mark_id` is handled, except perhaps events of transactions with xid < `mark_xmax`"
+/// (`mark_xmax` = the next xid to be assigned, read after the fetch). Once a snapshot's
+/// xmin reaches `mark_xmax`, none of those transactions is running: their events are
+/// visible, and as soon as a lookup has passed `mark_id` (or found nothing more) every event
+/// below it has been handled, so the floor moves up to the mark.
+fn next_floor(
+    settings: &QueueSettings,
+    fetched: usize,
+    last_id: Option<i64>,
+    held: bool,
+) -> (i64, Option<i64>, bool) {
+    let mut floor = settings.scan_from;
+    let mut mark = settings.mark_id;
+    if held {
+        return (floor, mark, false);
+    }
+    let exhausted = fetched < settings.amount_per_lookup as usize;
+    if let Some(m) = mark {
+        if settings.mark_ripe && (exhausted || last_id.is_some_and(|l| l >= m)) {
+            floor = floor.max(m);
+            mark = None;
+        }
+    }
+    if mark.is_none() {
+        if let Some(l) = last_id {
+            if l + 1 > floor {
+                return (floor, Some(l + 1), true);
+            }
+        }
+    }
+    (floor, mark, false)
 }
 
 fn no_such_queue(queue: &str) -> ! {
@@ -98,7 +146,12 @@ fn drain_lookup(queue: &str, node: Option<&str>) -> (String, i32, i32, bool) {
         if settings.held {
             return ("held".to_string(), 0, 0, false);
         }
-        let pending = fetch(client, queue, settings.amount_per_lookup);
+        let pending = fetch(
+            client,
+            queue,
+            settings.amount_per_lookup,
+            settings.scan_from,
+        );
         let fetched = pending.len();
 
         let mut done_ids: Vec<i64> = Vec::with_capacity(fetched);
@@ -107,50 +160,24 @@ fn drain_lookup(queue: &str, node: Option<&str>) -> (String, i32, i32, bool) {
         let mut last_error: Option<String> = None;
         let mut held: Option<(i64, i64)> = None;
 
-        for p in &pending {
-            let outcome = match &p.handler {
-                None => Outcome::Failed(HandlerError::new(format!(
-                    "listener {} or its handler function no longer exists",
-                    p.event.listener
-                ))),
-                Some((oid, _)) => {
-                    let datum = dispatch::event_datum(&p.event);
-                    match dispatch::call_in_subtransaction(*oid, datum, p.owner) {
-                        Ok(()) => Outcome::Handled,
-                        Err(e) => Outcome::Failed(e),
-                    }
-                }
-            };
+        let outcomes = run_handlers(&pending, settings.hold_on_error);
+        for (p, outcome) in pending.iter().zip(outcomes) {
             match outcome {
                 Outcome::Handled => {
                     handled += 1;
                     done_ids.push(p.event.id);
                     done_listeners.push(p.event.listener);
                     if settings.log_level >= 2 {
-                        log(
-                            client,
-                            queue,
-                            p,
-                            "handled",
-                            None,
-                            settings.log_level >= 3,
-                            node,
-                        );
+                        let details = settings.log_level >= 3;
+                        log(client, queue, p, "handled", None, details, node);
                     }
                 }
                 Outcome::Failed(e) => {
                     let text = e.text();
+                    let details = settings.log_level >= 3;
                     if settings.hold_on_error {
                         if settings.log_level >= 1 {
-                            log(
-                                client,
-                                queue,
-                                p,
-                                "held",
-                                Some(&text),
-                                settings.log_level >= 3,
-                                node,
-                            );
+                            log(client, queue, p, "held", Some(&text), details, node);
                         }
                         held = Some((p.event.id, p.event.listener));
                         last_error = Some(text);
@@ -160,15 +187,7 @@ fn drain_lookup(queue: &str, node: Option<&str>) -> (String, i32, i32, bool) {
                     done_ids.push(p.event.id);
                     done_listeners.push(p.event.listener);
                     if settings.log_level >= 1 {
-                        log(
-                            client,
-                            queue,
-                            p,
-                            "failed",
-                            Some(&text),
-                            settings.log_level >= 3,
-                            node,
-                        );
+                        log(client, queue, p, "failed", Some(&text), details, node);
                     }
                     last_error = Some(text);
                 }
@@ -176,15 +195,14 @@ fn drain_lookup(queue: &str, node: Option<&str>) -> (String, i32, i32, bool) {
         }
 
         acknowledge(client, queue, &done_ids, &done_listeners);
-        record_status(
-            client,
-            queue,
-            handled,
-            failed,
-            last_error.as_deref(),
-            held,
-            node,
-        );
+        let last_id = if held.is_none() {
+            pending.last().map(|p| p.event.id)
+        } else {
+            None
+        };
+        let floor = next_floor(&settings, fetched, last_id, held.is_some());
+        let error = last_error.as_deref();
+        record_status(client, queue, handled, failed, error, held, node, floor);
         let state = if held.is_some() { "held" } else { "running" };
         (
             state.to_string(),
@@ -195,75 +213,114 @@ fn drain_lookup(queue: &str, node: Option<&str>) -> (String, i32, i32, bool) {
     })
 }
 
-thread_local! {
-    static FETCH_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+/// Handle `pending` in order and return each event's outcome (when holding on error, the
+/// list ends at the first failure).
+///
+/// Events run in batches inside one subtransaction, so a lookup costs one subtransaction,
+/// not one per event, and handlers keep their per-call caches from event to event. When a
+/// handler fails, the batch is rolled back and replayed one event per subtransaction up to
+/// the failing one; that replay decides every outcome, then batching resumes after it.
+/// Nothing is visible outside before the lookup commits, so a replay changes no result.
+fn run_handlers(pending: &[Pending], hold_on_error: bool) -> Vec<Outcome> {
+    let calls: Vec<dispatch::Call> = pending
+        .iter()
+        .map(|p| dispatch::Call {
+            handler: p.handler,
+            event: dispatch::event_datum(&p.event),
+            run_as: p.owner,
+        })
+        .collect();
+    let mut handlers = dispatch::Handlers::default();
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(calls.len());
+    let mut start = 0;
+    while start < calls.len() {
+        match dispatch::call_batch(&mut handlers, &calls[start..]) {
+            Ok(()) => {
+                outcomes.extend((start..calls.len()).map(|_| Outcome::Handled));
+                break;
+            }
+            Err(k) => {
+                let failing = start + k;
+                for call in &calls[start..=failing] {
+                    match dispatch::call_one(&mut handlers, call) {
+                        Ok(()) => outcomes.push(Outcome::Handled),
+                        Err(e) => {
+                            outcomes.push(Outcome::Failed(e));
+                            if hold_on_error {
+                                return outcomes;
+                            }
+                        }
+                    }
+                }
+                start = failing + 1;
+            }
+        }
+    }
+    outcomes
 }
 
-fn fetch(client: &pgrx::spi::SpiClient<'_>, queue: &str, limit: i32) -> Vec<Pending> {
-    FETCH_PLAN.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        if cell.is_none() {
-            let plan = errors::spi(client.prepare_mut(
-                "SELECT e.id, e.type, e.action, e.source, e.details, e.created_at, e.listener,
-                        p.oid, p.oid::pg_catalog.regprocedure::text, l.owner::pg_catalog.oid
-                   FROM herald.event e
-                   LEFT JOIN herald.listener l ON l.id OPERATOR(pg_catalog.=) e.listener
-                   LEFT JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) l.handler::pg_catalog.oid
-                  WHERE e.queue OPERATOR(pg_catalog.=) $1
-                  ORDER BY e.id, e.listener
-                  LIMIT $2",
-                &[pg_sys::TEXTOID.into(), pg_sys::INT4OID.into()],
-            ));
-            *cell = Some(plan.keep());
-        }
-        let plan = cell.as_ref().unwrap();
-        let rows = errors::spi(client.select(plan, None, &[queue.into(), limit.into()]));
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let handler = match (get(row.get::<pg_sys::Oid>(8)), get(row.get::<String>(9))) {
-                (Some(oid), Some(name)) => Some((oid, name)),
-                _ => None,
-            };
-            out.push(Pending {
-                event: EventValue {
-                    id: get(row.get::<i64>(1)).unwrap_or_default(),
-                    queue: Some(queue.to_string()),
-                    r#type: get(row.get::<String>(2)).unwrap_or_default(),
-                    action: get(row.get::<String>(3)).unwrap_or_default(),
-                    source: get(row.get::<String>(4)),
-                    details: get(row.get::<JsonbDatum>(5))
-                        .map(|d| d.0)
-                        .unwrap_or(pg_sys::Datum::from(0)),
-                    created_at: get(row.get::<pgrx::datum::TimestampWithTimeZone>(6))
-                        .map(|t| t.into_inner())
-                        .unwrap_or_default(),
-                    listener: get(row.get::<i64>(7)).unwrap_or_default(),
-                },
-                handler,
-                owner: get(row.get::<pg_sys::Oid>(10)),
-            });
-        }
-        out
-    })
-}
-
-fn get<T>(r: pgrx::spi::SpiResult<Option<T>>) -> Option<T> {
-    errors::spi(r)
+fn fetch(
+    client: &pgrx::spi::SpiClient<'_>,
+    queue: &str,
+    limit: i32,
+    scan_from: i64,
+) -> Vec<Pending> {
+    use pg_sys::{INT4OID, INT8OID, TEXTOID};
+    let rows = plans::execute(
+        client,
+        "SELECT e.id, e.type, e.action, e.source, e.details, e.created_at, e.listener,
+                p.oid, l.owner::pg_catalog.oid
+           FROM herald.event e
+           LEFT JOIN herald.listener l ON l.id OPERATOR(pg_catalog.=) e.listener
+           LEFT JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) l.handler::pg_catalog.oid
+          WHERE e.queue OPERATOR(pg_catalog.=) $1 AND e.id OPERATOR(pg_catalog.>=) $3
+          ORDER BY e.id, e.listener
+          LIMIT $2",
+        &[TEXTOID, INT4OID, INT8OID],
+        &[
+            queue.into_datum(),
+            limit.into_datum(),
+            scan_from.into_datum(),
+        ],
+    );
+    (0..rows.len())
+        .map(|r| Pending {
+            event: EventValue {
+                id: rows.get::<i64>(r, 1).unwrap_or_default(),
+                queue: Some(queue.to_string()),
+                r#type: rows.get::<String>(r, 2).unwrap_or_default(),
+                action: rows.get::<String>(r, 3).unwrap_or_default(),
+                source: rows.get::<String>(r, 4),
+                details: rows
+                    .get::<JsonbDatum>(r, 5)
+                    .map(|d| d.0)
+                    .unwrap_or(pg_sys::Datum::from(0)),
+                created_at: rows
+                    .get::<pg_sys::Datum>(r, 6)
+                    .map(|d| d.value() as i64)
+                    .unwrap_or_default(),
+                listener: rows.get::<i64>(r, 7).unwrap_or_default(),
+            },
+            handler: rows.get::<pg_sys::Oid>(r, 8),
+            owner: rows.get::<pg_sys::Oid>(r, 9),
+        })
+        .collect()
 }
 
 fn acknowledge(client: &mut pgrx::spi::SpiClient<'_>, queue: &str, ids: &[i64], listeners: &[i64]) {
     if ids.is_empty() {
         return;
     }
-    errors::spi(client.update(
+    plans::execute(
+        client,
         "DELETE FROM herald.event e
           USING ROWS FROM (pg_catalog.unnest($2::pg_catalog.int8[]), pg_catalog.unnest($3::pg_catalog.int8[])) AS d(id, listener)
           WHERE e.queue OPERATOR(pg_catalog.=) $1
             AND e.id OPERATOR(pg_catalog.=) d.id
             AND e.listener OPERATOR(pg_catalog.=) d.listener",
-        None,
-        &[queue.into(), ids.to_vec().into(), listeners.to_vec().into()],
-    ));
+        &[pg_sys::TEXTOID, pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID],
+        &[queue.into_datum(), ids.to_vec().into_datum(), listeners.to_vec().into_datum()],
+    );
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -276,30 +333,29 @@ fn log(
     with_details: bool,
     node: Option<&str>,
 ) {
-    let details = if with_details {
-        unsafe { pgrx::datum::DatumWithOid::new(JsonbDatum(p.event.details), pg_sys::JSONBOID) }
-    } else {
-        pgrx::datum::DatumWithOid::null_oid(pg_sys::JSONBOID)
-    };
-    errors::spi(client.update(
+    let details = with_details.then_some(p.event.details);
+    use pg_sys::{INT8OID as I8, JSONBOID as JB, OIDOID, TEXTOID as T};
+    plans::execute(
+        client,
         "INSERT INTO herald.event_log (queue, event_id, listener, handler, type, action, outcome, error, details, node)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        None,
+         VALUES ($1, $2, $3, $4::pg_catalog.regprocedure::text, $5, $6, $7, $8, $9, $10)",
+        &[T, I8, I8, OIDOID, T, T, T, T, JB, T],
         &[
-            queue.into(),
-            p.event.id.into(),
-            p.event.listener.into(),
-            p.handler.as_ref().map(|h| h.1.as_str()).into(),
-            p.event.r#type.as_str().into(),
-            p.event.action.as_str().into(),
-            outcome.into(),
-            error.into(),
+            queue.into_datum(),
+            p.event.id.into_datum(),
+            p.event.listener.into_datum(),
+            p.handler.into_datum(),
+            p.event.r#type.as_str().into_datum(),
+            p.event.action.as_str().into_datum(),
+            outcome.into_datum(),
+            error.into_datum(),
             details,
-            node.into(),
+            node.into_datum(),
         ],
-    ));
+    );
 }
 
+#[allow(clippy::too_many_arguments)]
 fn record_status(
     client: &mut pgrx::spi::SpiClient<'_>,
     queue: &str,
@@ -308,29 +364,47 @@ fn record_status(
     last_error: Option<&str>,
     held: Option<(i64, i64)>,
     node: Option<&str>,
+    (scan_from, mark_id, new_mark): (i64, Option<i64>, bool),
 ) {
-    errors::spi(client.update(
-        "UPDATE herald.event_queue q
-            SET handled_count = q.handled_count OPERATOR(pg_catalog.+) $2,
-                failed_count = q.failed_count OPERATOR(pg_catalog.+) $3,
-                last_error = COALESCE($4, q.last_error),
-                last_error_at = CASE WHEN $4 IS NULL THEN q.last_error_at ELSE pg_catalog.now() END,
+    use pg_sys::{BOOLOID as B, INT8OID as I8, TEXTOID as T};
+    plans::execute(
+        client,
+        "UPDATE herald.queue_state s
+            SET handled_count = s.handled_count OPERATOR(pg_catalog.+) $2,
+                failed_count = s.failed_count OPERATOR(pg_catalog.+) $3,
+                last_error = COALESCE($4, s.last_error),
+                last_error_at = CASE WHEN $4 IS NULL THEN s.last_error_at ELSE pg_catalog.now() END,
                 held_event = $5,
                 held_listener = $6,
-                drained_by = COALESCE($7, q.drained_by),
-                last_lookup_at = pg_catalog.now()
-          WHERE q.name OPERATOR(pg_catalog.=) $1",
-        None,
+                drained_by = COALESCE($7, s.drained_by),
+                last_lookup_at = pg_catalog.now(),
+                scan_from = $8,
+                mark_id = $9,
+                mark_xmax = CASE WHEN $9 IS NULL THEN NULL
+                                 WHEN $10 THEN $11
+                                 ELSE s.mark_xmax END
+          WHERE s.queue OPERATOR(pg_catalog.=) $1",
+        &[T, I8, I8, T, I8, I8, T, I8, I8, B, pg_sys::XID8OID],
         &[
-            queue.into(),
-            (handled as i64).into(),
-            (failed as i64).into(),
-            last_error.into(),
-            held.map(|h| h.0).into(),
-            held.map(|h| h.1).into(),
-            node.into(),
+            queue.into_datum(),
+            (handled as i64).into_datum(),
+            (failed as i64).into_datum(),
+            last_error.into_datum(),
+            held.map(|h| h.0).into_datum(),
+            held.map(|h| h.1).into_datum(),
+            node.into_datum(),
+            scan_from.into_datum(),
+            mark_id.into_datum(),
+            new_mark.into_datum(),
+            // The next transaction id to be assigned, read after the fetch: every
+            // transaction that held an event id below the mark has a smaller xid. (A
+            // snapshot's xmax would not do: it is latestCompletedXid + 1, and a running
+            // transaction may hold an xid above it.)
+            Some(pg_sys::Datum::from(
+                unsafe { pg_sys::ReadNextFullTransactionId() }.value,
+            )),
         ],
-    ));
+    );
 }
 
 /// `herald.resume_queue(queue, action)`: release a held queue. `'retry'` hands the held
@@ -351,8 +425,9 @@ fn resume_queue(queue: Option<&str>, action: default!(Option<&str>, "'retry'")) 
     catalog::as_owner(|| {
         Spi::connect_mut(|client| {
             let held = errors::spi(client.update(
-                "SELECT q.held_event, q.held_listener FROM herald.event_queue q
-                  WHERE q.name OPERATOR(pg_catalog.=) $1 FOR NO KEY UPDATE",
+                "SELECT s.held_event, s.held_listener, q.id FROM herald.queue_state s
+                   JOIN herald.event_queue q ON q.name OPERATOR(pg_catalog.=) s.queue
+                  WHERE s.queue OPERATOR(pg_catalog.=) $1 FOR NO KEY UPDATE OF s",
                 Some(1),
                 &[queue.into()],
             ));
@@ -360,6 +435,7 @@ fn resume_queue(queue: Option<&str>, action: default!(Option<&str>, "'retry'")) 
                 no_such_queue(queue);
             }
             let row = held.first();
+            let queue_id = errors::spi(row.get::<i32>(3)).unwrap_or_default();
             let (Some(event), listener) = (
                 errors::spi(row.get::<i64>(1)),
                 errors::spi(row.get::<i64>(2)),
@@ -387,14 +463,14 @@ fn resume_queue(queue: Option<&str>, action: default!(Option<&str>, "'retry'")) 
                  INSERT INTO herald.event_log (queue, event_id, listener, handler, type, action, outcome, error, details, node)
                  SELECT $1, $2, $3, l.handler::text, e.type, e.action, $4, q.last_error, e.details,
                         CURRENT_USER
-                   FROM herald.event_queue q
+                   FROM herald.queue_state q
                    LEFT JOIN herald.listener l ON l.id OPERATOR(pg_catalog.=) $3
                    LEFT JOIN (SELECT * FROM gone UNION ALL
                               SELECT * FROM herald.event e2
                                WHERE NOT $5 AND e2.queue OPERATOR(pg_catalog.=) $1
                                  AND e2.id OPERATOR(pg_catalog.=) $2
                                  AND e2.listener OPERATOR(pg_catalog.=) $3) e ON true
-                  WHERE q.name OPERATOR(pg_catalog.=) $1",
+                  WHERE q.queue OPERATOR(pg_catalog.=) $1",
                 None,
                 &[
                     queue.into(),
@@ -405,20 +481,17 @@ fn resume_queue(queue: Option<&str>, action: default!(Option<&str>, "'retry'")) 
                 ],
             ));
             errors::spi(client.update(
-                "UPDATE herald.event_queue q
+                "UPDATE herald.queue_state s
                     SET held_event = NULL, held_listener = NULL,
-                        skipped_count = q.skipped_count OPERATOR(pg_catalog.+) CASE WHEN $2 THEN 1 ELSE 0 END
-                  WHERE q.name OPERATOR(pg_catalog.=) $1",
+                        skipped_count = s.skipped_count OPERATOR(pg_catalog.+) CASE WHEN $2 THEN 1 ELSE 0 END
+                  WHERE s.queue OPERATOR(pg_catalog.=) $1",
                 None,
                 &[queue.into(), (action == "skip").into()],
             ));
+            crate::wakeup::wake_at_commit(queue_id);
             true
         })
     })
-}
-
-thread_local! {
-    static CHECK_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
 }
 
 /// `herald.await_events(queue, timeout_ms)`: block until the queue has work for its drainer
@@ -455,27 +528,21 @@ fn await_events(queue: Option<&str>, timeout_ms: default!(Option<i32>, "1000")) 
 fn has_work(queue: &str) -> bool {
     catalog::as_owner(|| {
         Spi::connect(|client| {
-            CHECK_PLAN.with(|cell| {
-                let mut cell = cell.borrow_mut();
-                if cell.is_none() {
-                    // prepare_mut: executed as a non-read-only statement, so each run takes a
-                    // fresh snapshot and sees what committed while we slept.
-                    let plan = errors::spi(client.prepare_mut(
-                        "SELECT COALESCE((
-                             SELECT q.event_run OPERATOR(pg_catalog.=) 0
-                                 OR (q.held_event IS NULL AND EXISTS (
-                                         SELECT 1 FROM herald.event e
-                                          WHERE e.queue OPERATOR(pg_catalog.=) q.name))
-                               FROM herald.event_queue q
-                              WHERE q.name OPERATOR(pg_catalog.=) $1), true)",
-                        &[pg_sys::TEXTOID.into()],
-                    ));
-                    *cell = Some(plan.keep());
-                }
-                let rows =
-                    errors::spi(client.select(cell.as_ref().unwrap(), Some(1), &[queue.into()]));
-                errors::spi(rows.first().get::<bool>(1)).unwrap_or(true)
-            })
+            let rows = plans::execute(
+                client,
+                "SELECT COALESCE((
+                     SELECT q.event_run OPERATOR(pg_catalog.=) 0
+                         OR (s.held_event IS NULL AND EXISTS (
+                                 SELECT 1 FROM herald.event e
+                                  WHERE e.queue OPERATOR(pg_catalog.=) q.name
+                                    AND e.id OPERATOR(pg_catalog.>=) s.scan_from))
+                       FROM herald.event_queue q
+                       JOIN herald.queue_state s ON s.queue OPERATOR(pg_catalog.=) q.name
+                      WHERE q.name OPERATOR(pg_catalog.=) $1), true)",
+                &[pg_sys::TEXTOID],
+                &[queue.into_datum()],
+            );
+            rows.get::<bool>(0, 1).unwrap_or(true)
         })
     })
 }

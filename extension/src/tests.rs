@@ -89,7 +89,7 @@ mod tests {
         .unwrap();
         assert_eq!(row, (Some(10), Some(0), Some(1)));
         assert_eq!(
-            one::<String>("SELECT state FROM herald.event_queue WHERE name = 'MyEventQueue'")
+            one::<String>("SELECT state FROM herald.queue_status WHERE name = 'MyEventQueue'")
                 .unwrap(),
             "stopped"
         );
@@ -332,11 +332,11 @@ mod tests {
             "q"
         );
         assert_eq!(
-            count("SELECT handled_count FROM herald.event_queue WHERE name = 'q'"),
+            count("SELECT handled_count FROM herald.queue_status WHERE name = 'q'"),
             25
         );
         assert_eq!(
-            one::<String>("SELECT drained_by FROM herald.event_queue WHERE name = 'q'").unwrap(),
+            one::<String>("SELECT drained_by FROM herald.queue_status WHERE name = 'q'").unwrap(),
             "test"
         );
         // nothing more to do: await_events times out and says so
@@ -506,7 +506,7 @@ mod tests {
         );
         assert_eq!(count("SELECT count(*) FROM herald.event"), 0);
         let q = Spi::get_two::<i64, String>(
-            "SELECT failed_count, last_error FROM herald.event_queue WHERE name = 'q'",
+            "SELECT failed_count, last_error FROM herald.queue_status WHERE name = 'q'",
         )
         .unwrap();
         assert_eq!(q.0, Some(1));
@@ -532,7 +532,7 @@ mod tests {
             bad
         );
         assert_eq!(
-            one::<String>("SELECT state FROM herald.event_queue WHERE name = 'q'").unwrap(),
+            one::<String>("SELECT state FROM herald.queue_status WHERE name = 'q'").unwrap(),
             "held"
         );
         // held: further lookups do nothing, and the drainer is not woken for it
@@ -566,7 +566,7 @@ mod tests {
         );
         assert_eq!(count(&format!("SELECT count(*) FROM herald.event_log WHERE event_id = {bad} AND outcome = 'skipped'")), 1);
         assert_eq!(
-            count("SELECT skipped_count FROM herald.event_queue WHERE name = 'q'"),
+            count("SELECT skipped_count FROM herald.queue_status WHERE name = 'q'"),
             1
         );
         let r = Spi::get_three::<String, i32, i32>(
@@ -635,7 +635,7 @@ mod tests {
             );
         }
         // at level 0 the failure still shows in the queue's status
-        assert!(count("SELECT failed_count FROM herald.event_queue WHERE name = 'q'") >= 4);
+        assert!(count("SELECT failed_count FROM herald.queue_status WHERE name = 'q'") >= 4);
     }
 
     #[pg_test]
@@ -648,7 +648,7 @@ mod tests {
         let r = Spi::get_two::<i32, i32>("SELECT handled, failed FROM herald.drain('q')").unwrap();
         assert_eq!(r, (Some(0), Some(1)));
         assert!(
-            one::<String>("SELECT last_error FROM herald.event_queue WHERE name = 'q'")
+            one::<String>("SELECT last_error FROM herald.queue_status WHERE name = 'q'")
                 .unwrap()
                 .contains("no longer exists")
         );

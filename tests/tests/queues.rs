@@ -601,3 +601,121 @@ async fn bad_configuration_is_reported() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("CREATE EXTENSION herald"));
 }
+
+/// An event whose transaction commits late, after later events were handled and after
+/// several lookups: it is handled, before anything its session emits afterwards. Lookups
+/// are driven by hand so that the interleaving is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_committing_events_are_never_skipped() {
+    let (env, db) = Env::start().await;
+    db.batch_execute(RECORDER).await.unwrap();
+    db.batch_execute(
+        "INSERT INTO herald.event_queue (name, event_run, event_amount_per_lookup) VALUES ('q', 1, 2);
+         SELECT herald.add_event_listener('record', 'x', queue => 'q');",
+    )
+    .await
+    .unwrap();
+    let slow = env.connect().await;
+    let fast = env.connect().await;
+    let drain = || async { db.batch_execute("SELECT herald.drain('q')").await.unwrap() };
+
+    // An older transaction (smaller xid) commits an event with an id above an event of a
+    // younger transaction that is still open: the floor must not pass the open one.
+    let older = env.connect().await;
+    older.batch_execute("BEGIN").await.unwrap();
+    emit(&older, 3, 0).await;
+    slow.batch_execute("BEGIN").await.unwrap();
+    let early = emit(&slow, 1, 0).await; // committed last
+    emit(&older, 3, 1).await;
+    older.batch_execute("COMMIT").await.unwrap();
+    for _ in 0..3 {
+        drain().await;
+    }
+    assert_eq!(count(&db, "SELECT count(*) FROM handled").await, 2);
+    let mut later = Vec::new();
+    for round in 0..5 {
+        for i in 0..3 {
+            later.push(emit(&fast, 2, round * 3 + i).await);
+        }
+        for _ in 0..4 {
+            drain().await;
+        }
+    }
+    assert!(later.iter().all(|id| *id > early));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM handled").await,
+        17,
+        "the committed events are handled"
+    );
+    slow.batch_execute("COMMIT").await.unwrap();
+    let after = emit(&slow, 1, 1).await;
+    for _ in 0..4 {
+        drain().await;
+    }
+    assert_eq!(
+        count(
+            &db,
+            &format!("SELECT count(*) FROM handled WHERE event_id = {early}")
+        )
+        .await,
+        1,
+        "the late event is handled"
+    );
+    assert_eq!(
+        count(
+            &db,
+            &format!("SELECT count(*) FROM handled WHERE event_id = {after}")
+        )
+        .await,
+        1
+    );
+    assert_exactly_once_in_order(&db, "q", 19).await;
+    assert_eq!(count(&db, "SELECT count(*) FROM herald.event").await, 0);
+
+    // and with a coordinator and many overlapping long transactions
+    let _node = env.coordinator("a");
+    let mut tasks = Vec::new();
+    for p in 0..6 {
+        let url = env.url();
+        tasks.push(tokio::spawn(async move {
+            let mut client = connect(&url).await;
+            for t in 0..40 {
+                let tx = client.transaction().await.unwrap();
+                for i in 0..3 {
+                    tx.execute(
+                        "SELECT herald.emit('x', 'made', jsonb_build_object('producer', $1::int, 'n', $2::int))",
+                        &[&(10 + p), &(t * 3 + i)],
+                    )
+                    .await
+                    .unwrap();
+                    if (t + p) % 7 == 0 {
+                        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+                    }
+                }
+                tx.commit().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    wait_for(
+        &db,
+        "SELECT count(*) = 19 + 720 FROM handled",
+        60,
+        "every event handled",
+    )
+    .await;
+    assert_exactly_once_in_order(&db, "q", 739).await;
+}
+
+async fn emit(client: &tokio_postgres::Client, producer: i32, n: i32) -> i64 {
+    client
+        .query_one(
+            "SELECT herald.emit('x', 'made', jsonb_build_object('producer', $1::int, 'n', $2::int))",
+            &[&producer, &n],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}

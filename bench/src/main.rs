@@ -1,0 +1,336 @@
+//! Herald event queues against pgmq, side by side on one private cluster, one run.
+//!
+//! 1. Producer: single-event transactions from 2 pgbench clients, `herald.emit` (one queue
+//!    listener) vs `pgmq.send`.
+//! 2. Drain: a backlog handled by one consumer, Herald's coordinator with
+//!    `event_amount_per_lookup = 10` and a no-op SQL handler vs pgmq `read` + `delete`
+//!    in batches of 10.
+//! 3. Latency from the producer's commit to the handler's start at 500 events/s.
+//!
+//! Prints figures and ratios; never fails on timing.
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use herald_coordinator::cluster::{find_bindir, ClusterOptions, PgCluster};
+
+const SECONDS: u64 = 10;
+const BACKLOG: i32 = 50_000;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let herald_bin = std::env::var("HERALD_BIN").unwrap_or_else(|_| "target/release/herald".into());
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(SECONDS);
+    let options = ClusterOptions {
+        settings: [
+            ("synchronous_commit", "off"),
+            ("shared_buffers", "256MB"),
+            ("track_commit_timestamp", "on"),
+            ("max_wal_size", "4GB"),
+            ("autovacuum_naptime", "10s"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    };
+    let cluster = PgCluster::start(&options).map_err(|e| e.to_string())?;
+    let db = connect(&cluster.url("postgres")).await;
+    db.batch_execute(
+        "CREATE EXTENSION herald;
+         CREATE FUNCTION noop(e herald.event) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+         INSERT INTO herald.event_queue (name, event_run) VALUES ('bench', 0);
+         SELECT herald.add_event_listener('noop', 'bench', queue => 'bench');",
+    )
+    .await
+    .map_err(|e| format!("herald set-up: {e}"))?;
+    // pgmq's URL parser requires a password; the private cluster trusts local connections.
+    let sqlx_url = format!(
+        "postgres://postgres:unused@127.0.0.1:{}/postgres",
+        cluster.port
+    );
+    let pgmq = pgmq::PGMQueueExt::new(sqlx_url, 2)
+        .await
+        .map_err(|e| format!("pgmq pool: {e}"))?;
+    pgmq.install_sql_from_embedded()
+        .await
+        .map_err(|e| format!("pgmq install: {e}"))?;
+    db.batch_execute("SELECT pgmq.create('bench')")
+        .await
+        .map_err(|e| format!("pgmq.create: {e}"))?;
+    let version: String = db
+        .query_one("SELECT coalesce((SELECT extversion FROM pg_extension WHERE extname = 'pgmq'), 'sql-only (crate 0.33.7)')", &[])
+        .await
+        .map_err(pg)?
+        .get(0);
+    println!("Herald vs pgmq ({version}) on one private PostgreSQL cluster; synchronous_commit=off, {} cores", cores());
+
+    // 1. producers
+    println!("\n1. Single-event transactions, 2 clients, {seconds} s each (pgbench -M prepared), best of 2:");
+    let mut emit_tps: f64 = 0.0;
+    let mut send_tps: f64 = 0.0;
+    for _ in 0..2 {
+        emit_tps = emit_tps.max(pgbench(
+            &cluster,
+            "SELECT herald.emit('bench', 'created', '{\"order\": 4711, \"amount\": 99.5}');",
+            seconds,
+        )?);
+        send_tps = send_tps.max(pgbench(
+            &cluster,
+            "SELECT pgmq.send('bench', '{\"order\": 4711, \"amount\": 99.5}');",
+            seconds,
+        )?);
+        for sql in [
+            "TRUNCATE herald.event",
+            "TRUNCATE pgmq.q_bench",
+            "VACUUM ANALYZE herald.event",
+            "VACUUM ANALYZE pgmq.q_bench",
+        ] {
+            db.batch_execute(sql).await.map_err(pg)?;
+        }
+    }
+    println!("   herald.emit  {emit_tps:>10.0} tps");
+    println!("   pgmq.send    {send_tps:>10.0} tps");
+    println!(
+        "   ratio        {:>10.2}x   (target >= 1.5x)",
+        emit_tps / send_tps
+    );
+
+    // 2. drain
+    println!("\n2. Drain a backlog of {BACKLOG} events with one consumer, 10 per lookup:");
+    for sql in [
+        format!("SELECT herald.emit('bench', 'created', jsonb_build_object('order', g)) FROM generate_series(1, {BACKLOG}) g"),
+        format!("SELECT pgmq.send_batch('bench', array_agg(jsonb_build_object('order', g))) FROM generate_series(1, {BACKLOG}) g"),
+        "VACUUM ANALYZE herald.event".to_string(),
+        "VACUUM ANALYZE pgmq.q_bench".to_string(),
+    ] {
+        db.batch_execute(&sql).await.map_err(pg)?;
+    }
+    let herald_rate = drain_herald(&cluster, &db, &herald_bin).await?;
+    let pgmq_rate = drain_pgmq(&cluster).await?;
+    println!("   herald coordinator        {herald_rate:>10.0} events/s");
+    println!("   pgmq read+delete (10)     {pgmq_rate:>10.0} events/s");
+    println!(
+        "   ratio                     {:>10.2}x   (target >= 2x)",
+        herald_rate / pgmq_rate
+    );
+
+    // 3. latency
+    println!("\n3. Commit-to-handler latency at 500 events/s for {seconds} s, one coordinator:");
+    let (p50, p99, max, n) = latency(&cluster, &db, &herald_bin, seconds).await?;
+    println!(
+        "   {n} events: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms   (target p99 < 10 ms)"
+    );
+    Ok(())
+}
+
+/// The server's message for database errors (tokio-postgres only says "db error").
+fn pg(e: tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{}: {}", d.code().code(), d.message()),
+        None => e.to_string(),
+    }
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// TPS of `sql` from 2 pgbench clients.
+fn pgbench(cluster: &PgCluster, sql: &str, seconds: u64) -> Result<f64, String> {
+    let script = cluster.dir.join("bench.sql");
+    std::fs::write(&script, format!("{sql}\n")).map_err(|e| e.to_string())?;
+    let bin = find_bindir()
+        .ok_or("no PostgreSQL binaries")?
+        .join("pgbench");
+    let out = Command::new(bin)
+        .args([
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            "2",
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+        ])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.port.to_string(),
+            "-U",
+            "postgres",
+            "-f",
+        ])
+        .arg(&script)
+        .arg("postgres")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("pgbench: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.trim_start_matches("tps = ").split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "pgbench failed: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+fn start_coordinator(cluster: &PgCluster, herald_bin: &str) -> Result<std::process::Child, String> {
+    Command::new(herald_bin)
+        .args(["run", "--database-url", &cluster.url("postgres"), "--node", "bench"])
+        .env("HERALD_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {herald_bin} (run `cargo build --release -p herald-coordinator`): {e}"))
+}
+
+fn stop(mut child: std::process::Child) {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+}
+
+async fn drain_herald(
+    cluster: &PgCluster,
+    db: &tokio_postgres::Client,
+    herald_bin: &str,
+) -> Result<f64, String> {
+    let coordinator = start_coordinator(cluster, herald_bin)?;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // connected and idle
+    let started = Instant::now();
+    db.batch_execute("UPDATE herald.event_queue SET event_run = 1 WHERE name = 'bench'")
+        .await
+        .map_err(pg)?;
+    loop {
+        let left: i64 = db
+            .query_one("SELECT count(*) FROM herald.event", &[])
+            .await
+            .map_err(pg)?
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    db.batch_execute("UPDATE herald.event_queue SET event_run = 0 WHERE name = 'bench'")
+        .await
+        .map_err(pg)?;
+    stop(coordinator);
+    Ok(BACKLOG as f64 / elapsed)
+}
+
+async fn drain_pgmq(cluster: &PgCluster) -> Result<f64, String> {
+    let client = connect(&cluster.url("postgres")).await;
+    let read = client
+        .prepare("SELECT msg_id FROM pgmq.read('bench', 30, 10)")
+        .await
+        .map_err(pg)?;
+    let delete = client
+        .prepare("SELECT pgmq.delete('bench', $1::bigint[])")
+        .await
+        .map_err(pg)?;
+    let started = Instant::now();
+    let mut total = 0;
+    loop {
+        let ids: Vec<i64> = client
+            .query(&read, &[])
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if ids.is_empty() {
+            break;
+        }
+        total += ids.len();
+        client.query(&delete, &[&ids]).await.map_err(pg)?;
+    }
+    if total != BACKLOG as usize {
+        return Err(format!("pgmq drained {total} of {BACKLOG}"));
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn latency(
+    cluster: &PgCluster,
+    db: &tokio_postgres::Client,
+    herald_bin: &str,
+    seconds: u64,
+) -> Result<(f64, f64, f64, i64), String> {
+    db.batch_execute(
+        "CREATE TABLE lat (event_id bigint, ms float8);
+         CREATE FUNCTION measure(e herald.event) RETURNS void LANGUAGE sql AS $$
+             INSERT INTO lat
+             SELECT e.id, extract(epoch FROM clock_timestamp() - pg_xact_commit_timestamp(ev.xmin)) * 1000
+               FROM herald.event ev
+              WHERE ev.queue = e.queue AND ev.id = e.id AND ev.listener = e.listener
+         $$;
+         INSERT INTO herald.event_queue (name, event_run) VALUES ('lat', 1);
+         SELECT herald.add_event_listener('measure', 'lat', queue => 'lat');",
+    )
+    .await
+    .map_err(pg)?;
+    let coordinator = start_coordinator(cluster, herald_bin)?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let producer = connect(&cluster.url("postgres")).await;
+    let emit = producer
+        .prepare("SELECT herald.emit('lat', 'tick')")
+        .await
+        .map_err(pg)?;
+    let mut tick = tokio::time::interval(Duration::from_millis(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let total = 500 * seconds as i64;
+    for _ in 0..total {
+        tick.tick().await;
+        producer.execute(&emit, &[]).await.map_err(pg)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = db
+            .query_one("SELECT count(*) FROM lat", &[])
+            .await
+            .map_err(pg)?
+            .get(0);
+        if n >= total || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop(coordinator);
+    let row = db
+        .query_one(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms),
+                    max(ms), count(*) FROM lat",
+            &[],
+        )
+        .await
+        .map_err(pg)?;
+    Ok((row.get(0), row.get(1), row.get(2), row.get(3)))
+}

@@ -1,0 +1,106 @@
+//! Plans of Herald's internal statements, prepared once per backend, kept, and always
+//! generic (`CURSOR_OPT_GENERIC_PLAN`): these statements are executed with new parameters
+//! on every lookup, and a custom plan per execution would cost more than the execution.
+//!
+//! The plan cache revalidates kept plans after DDL on the tables they use (and re-resolves
+//! the schema-qualified names), so a kept plan stays correct across `ALTER TABLE` and
+//! `DROP/CREATE EXTENSION`. Callers must be connected to SPI (they hold a `SpiClient`).
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use crate::errors::raise;
+
+thread_local! {
+    static PLANS: RefCell<HashMap<&'static str, pg_sys::SPIPlanPtr>> = RefCell::new(HashMap::new());
+}
+
+/// The rows an execution returned; valid while the SPI connection lasts.
+pub struct Rows {
+    table: *mut pg_sys::SPITupleTable,
+    len: usize,
+}
+
+impl Rows {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Column `col` (1-based) of row `row` (0-based). Pass-through types (`JsonbDatum`)
+    /// point into the tuple table.
+    pub fn get<T: FromDatum>(&self, row: usize, col: usize) -> Option<T> {
+        assert!(
+            row < self.len && !self.table.is_null(),
+            "row {row} of {}",
+            self.len
+        );
+        unsafe {
+            let tuple = *(*self.table).vals.add(row);
+            let desc = (*self.table).tupdesc;
+            let mut is_null = false;
+            let datum = pg_sys::SPI_getbinval(tuple, desc, col as i32, &mut is_null);
+            let typoid = pg_sys::SPI_gettypeid(desc, col as i32);
+            T::from_polymorphic_datum(datum, is_null, typoid)
+        }
+    }
+}
+
+/// Execute `sql` (a `'static` string, the key of its kept plan) with parameters of the
+/// given types. Runs as a read-write statement, so each execution takes a fresh snapshot.
+pub fn execute(
+    _connected: &pgrx::spi::SpiClient<'_>,
+    sql: &'static str,
+    types: &[pg_sys::Oid],
+    args: &[Option<pg_sys::Datum>],
+) -> Rows {
+    assert_eq!(types.len(), args.len(), "argument count of: {sql}");
+    let plan = PLANS.with(|plans| {
+        *plans.borrow_mut().entry(sql).or_insert_with(|| unsafe {
+            let text = std::ffi::CString::new(sql).expect("SQL without NUL");
+            let mut types = types.to_vec();
+            let plan = pg_sys::SPI_prepare_cursor(
+                text.as_ptr(),
+                types.len() as i32,
+                types.as_mut_ptr(),
+                pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
+            );
+            if plan.is_null() {
+                let code = pg_sys::SPI_result;
+                raise(
+                    PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                    format!("herald could not prepare an internal statement (SPI code {code})"),
+                    None,
+                );
+            }
+            pg_sys::SPI_keepplan(plan);
+            plan
+        })
+    });
+    let mut values: Vec<pg_sys::Datum> = args
+        .iter()
+        .map(|a| a.unwrap_or(pg_sys::Datum::from(0)))
+        .collect();
+    let nulls: Vec<std::ffi::c_char> = args
+        .iter()
+        .map(|a| if a.is_some() { b' ' } else { b'n' } as std::ffi::c_char)
+        .collect();
+    unsafe {
+        let rc = pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), false, 0);
+        if rc < 0 {
+            raise(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("herald internal statement failed (SPI code {rc})"),
+                None,
+            );
+        }
+        Rows {
+            table: pg_sys::SPI_tuptable,
+            len: pg_sys::SPI_processed as usize,
+        }
+    }
+}
