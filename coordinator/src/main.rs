@@ -14,7 +14,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread: the coordinator only waits on PostgreSQL, and a single-threaded runtime
+    // saves a cross-thread wake-up on every round trip.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -71,7 +71,7 @@ pub unsafe extern "C-unwind" fn herald_emit(fcinfo: pg_sys::FunctionCallInfo) ->
 /// Deliver one user event to every listener of its type; returns the event id.
 pub fn emit(r#type: &str, action: &str, details: pg_sys::Datum) -> i64 {
     let oids = catalog::oids();
-    let listeners = listeners::user_event_listeners().matching(r#type);
+    let listeners = listeners::current().matching(r#type);
     if listeners.iter().any(|l| l.queue.is_some()) {
         // The transaction id comes before the event id: drainers rely on it to know when no
         // smaller event id can appear any more (see queues::next_floor).

@@ -24,16 +24,23 @@ pub struct Listener {
     pub queue: Option<String>,
     pub queue_id: Option<i32>,
     pub sync: bool,
+    pub owner: pg_sys::Oid,
 }
 
-/// All user-event listeners, indexed by event type.
+/// All listeners by id, and user-event listeners by event type.
 #[derive(Default, Debug)]
 pub struct ListenerSet {
     by_type: HashMap<String, Vec<Rc<Listener>>>,
     any_type: Vec<Rc<Listener>>,
+    by_id: HashMap<i64, Rc<Listener>>,
 }
 
 impl ListenerSet {
+    /// The listener with this id, if it still exists.
+    pub fn get(&self, id: i64) -> Option<Rc<Listener>> {
+        self.by_id.get(&id).cloned()
+    }
+
     /// Listeners of `event_type`, in registration order.
     pub fn matching(&self, event_type: &str) -> Vec<Rc<Listener>> {
         let mut out: Vec<Rc<Listener>> = self.any_type.clone();
@@ -60,8 +67,8 @@ pub fn invalidate_cache() {
     });
 }
 
-/// The current user-event listener set, loading it if needed.
-pub fn user_event_listeners() -> Rc<ListenerSet> {
+/// The current listener set, loading it if needed.
+pub fn current() -> Rc<ListenerSet> {
     catalog::oids(); // registers the invalidation callback before we read
     if let Some(set) = CACHE.with(|c| c.borrow().clone()) {
         return set;
@@ -76,10 +83,10 @@ fn load() -> ListenerSet {
         errors::spi(Spi::connect(|client| {
             let mut set = ListenerSet::default();
             let rows = client.select(
-                "SELECT l.id, l.handler::pg_catalog.oid, l.event_types, l.queue, q.id, l.sync
+                "SELECT l.id, l.handler::pg_catalog.oid, l.event_types, l.queue, q.id, l.sync,
+                        l.owner::pg_catalog.oid, l.kind
                    FROM herald.listener l
                    LEFT JOIN herald.event_queue q ON q.name OPERATOR(pg_catalog.=) l.queue
-                  WHERE l.kind OPERATOR(pg_catalog.=) 'event'
                   ORDER BY l.id",
                 None,
                 &[],
@@ -91,7 +98,12 @@ fn load() -> ListenerSet {
                     queue: row.get::<String>(4)?,
                     queue_id: row.get::<i32>(5)?,
                     sync: row.get::<bool>(6)?.unwrap_or(false),
+                    owner: row.get::<pg_sys::Oid>(7)?.unwrap_or(pg_sys::InvalidOid),
                 });
+                set.by_id.insert(listener.id, listener.clone());
+                if row.get::<String>(8)?.as_deref() != Some("event") {
+                    continue;
+                }
                 let types: Vec<String> = row.get::<Vec<String>>(3)?.unwrap_or_default();
                 for t in types {
                     if t == "*" {

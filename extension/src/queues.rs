@@ -29,6 +29,7 @@ struct QueueSettings {
 
 /// One pending event with its listener's handler.
 struct Pending {
+    ctid: pg_sys::ItemPointerData,
     event: EventValue,
     handler: Option<pg_sys::Oid>,
     owner: Option<pg_sys::Oid>,
@@ -156,6 +157,7 @@ fn drain_lookup(queue: &str, node: Option<&str>) -> (String, i32, i32, bool) {
 
         let mut done_ids: Vec<i64> = Vec::with_capacity(fetched);
         let mut done_listeners: Vec<i64> = Vec::with_capacity(fetched);
+        let mut done_tids: Vec<pg_sys::ItemPointerData> = Vec::with_capacity(fetched);
         let (mut handled, mut failed) = (0i32, 0i32);
         let mut last_error: Option<String> = None;
         let mut held: Option<(i64, i64)> = None;
@@ -166,6 +168,7 @@ fn drain_lookup(queue: &str, node: Option<&str>) -> (String, i32, i32, bool) {
                 Outcome::Handled => {
                     handled += 1;
                     done_ids.push(p.event.id);
+                    done_tids.push(p.ctid);
                     done_listeners.push(p.event.listener);
                     if settings.log_level >= 2 {
                         let details = settings.log_level >= 3;
@@ -185,6 +188,7 @@ fn drain_lookup(queue: &str, node: Option<&str>) -> (String, i32, i32, bool) {
                     }
                     failed += 1;
                     done_ids.push(p.event.id);
+                    done_tids.push(p.ctid);
                     done_listeners.push(p.event.listener);
                     if settings.log_level >= 1 {
                         log(client, queue, p, "failed", Some(&text), details, node);
@@ -194,7 +198,6 @@ fn drain_lookup(queue: &str, node: Option<&str>) -> (String, i32, i32, bool) {
             }
         }
 
-        acknowledge(client, queue, &done_ids, &done_listeners);
         let last_id = if held.is_none() {
             pending.last().map(|p| p.event.id)
         } else {
@@ -202,7 +205,14 @@ fn drain_lookup(queue: &str, node: Option<&str>) -> (String, i32, i32, bool) {
         };
         let floor = next_floor(&settings, fetched, last_id, held.is_some());
         let error = last_error.as_deref();
-        record_status(client, queue, handled, failed, error, held, node, floor);
+        let acknowledged = record_status(
+            client, queue, &done_tids, handled, failed, error, held, node, floor,
+        );
+        if acknowledged != done_ids.len() as i64 {
+            // A row moved since the fetch (someone updated herald.event by hand): fall back
+            // to the keys for whatever is left.
+            acknowledge(client, queue, &done_ids, &done_listeners);
+        }
         let state = if held.is_some() { "held" } else { "running" };
         (
             state.to_string(),
@@ -259,6 +269,8 @@ fn run_handlers(pending: &[Pending], hold_on_error: bool) -> Vec<Outcome> {
     outcomes
 }
 
+/// The next events of the queue, in order, from the scan floor on. A single-table index
+/// scan: listener details come from the backend's listener cache.
 fn fetch(
     client: &pgrx::spi::SpiClient<'_>,
     queue: &str,
@@ -268,11 +280,8 @@ fn fetch(
     use pg_sys::{INT4OID, INT8OID, TEXTOID};
     let rows = plans::execute(
         client,
-        "SELECT e.id, e.type, e.action, e.source, e.details, e.created_at, e.listener,
-                p.oid, l.owner::pg_catalog.oid
+        "SELECT e.ctid, e.id, e.type, e.action, e.source, e.details, e.created_at, e.listener
            FROM herald.event e
-           LEFT JOIN herald.listener l ON l.id OPERATOR(pg_catalog.=) e.listener
-           LEFT JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) l.handler::pg_catalog.oid
           WHERE e.queue OPERATOR(pg_catalog.=) $1 AND e.id OPERATOR(pg_catalog.>=) $3
           ORDER BY e.id, e.listener
           LIMIT $2",
@@ -283,28 +292,72 @@ fn fetch(
             scan_from.into_datum(),
         ],
     );
+    let listeners = crate::listeners::current();
     (0..rows.len())
-        .map(|r| Pending {
-            event: EventValue {
-                id: rows.get::<i64>(r, 1).unwrap_or_default(),
-                queue: Some(queue.to_string()),
-                r#type: rows.get::<String>(r, 2).unwrap_or_default(),
-                action: rows.get::<String>(r, 3).unwrap_or_default(),
-                source: rows.get::<String>(r, 4),
-                details: rows
-                    .get::<JsonbDatum>(r, 5)
-                    .map(|d| d.0)
-                    .unwrap_or(pg_sys::Datum::from(0)),
-                created_at: rows
-                    .get::<pg_sys::Datum>(r, 6)
-                    .map(|d| d.value() as i64)
-                    .unwrap_or_default(),
-                listener: rows.get::<i64>(r, 7).unwrap_or_default(),
-            },
-            handler: rows.get::<pg_sys::Oid>(r, 8),
-            owner: rows.get::<pg_sys::Oid>(r, 9),
+        .map(|r| {
+            let listener_id = rows.get::<i64>(r, 8).unwrap_or_default();
+            let listener = listeners.get(listener_id);
+            // A handler dropped after registration shows up as a failure, not a crash.
+            let handler = listener.as_ref().map(|l| l.handler).filter(|oid| unsafe {
+                pg_sys::SearchSysCacheExists(
+                    pg_sys::SysCacheIdentifier::PROCOID as i32,
+                    pg_sys::Datum::from(*oid),
+                    pg_sys::Datum::from(0),
+                    pg_sys::Datum::from(0),
+                    pg_sys::Datum::from(0),
+                )
+            });
+            let ctid = rows
+                .get::<pg_sys::Datum>(r, 1)
+                .map(|d| unsafe { *(d.cast_mut_ptr::<pg_sys::ItemPointerData>()) })
+                .expect("ctid is never NULL");
+            Pending {
+                ctid,
+                event: EventValue {
+                    id: rows.get::<i64>(r, 2).unwrap_or_default(),
+                    queue: Some(queue.to_string()),
+                    r#type: rows.get::<String>(r, 3).unwrap_or_default(),
+                    action: rows.get::<String>(r, 4).unwrap_or_default(),
+                    source: rows.get::<String>(r, 5),
+                    details: rows
+                        .get::<JsonbDatum>(r, 6)
+                        .map(|d| d.0)
+                        .unwrap_or(pg_sys::Datum::from(0)),
+                    created_at: rows
+                        .get::<pg_sys::Datum>(r, 7)
+                        .map(|d| d.value() as i64)
+                        .unwrap_or_default(),
+                    listener: listener_id,
+                },
+                handler,
+                owner: listener.map(|l| l.owner),
+            }
         })
         .collect()
+}
+
+/// A `tid[]` datum of `tids`.
+fn tid_array(tids: &[pg_sys::ItemPointerData]) -> pg_sys::Datum {
+    unsafe {
+        let mut elems: Vec<pg_sys::Datum> = tids
+            .iter()
+            .map(|t| {
+                let p = pg_sys::palloc(std::mem::size_of::<pg_sys::ItemPointerData>())
+                    as *mut pg_sys::ItemPointerData;
+                *p = *t;
+                pg_sys::Datum::from(p)
+            })
+            .collect();
+        let array = pg_sys::construct_array(
+            elems.as_mut_ptr(),
+            elems.len() as i32,
+            pg_sys::TIDOID,
+            std::mem::size_of::<pg_sys::ItemPointerData>() as i32,
+            false,
+            pg_sys::TYPALIGN_SHORT as std::ffi::c_char,
+        );
+        pg_sys::Datum::from(array)
+    }
 }
 
 fn acknowledge(client: &mut pgrx::spi::SpiClient<'_>, queue: &str, ids: &[i64], listeners: &[i64]) {
@@ -356,20 +409,28 @@ fn log(
 }
 
 #[allow(clippy::too_many_arguments)]
+/// Acknowledge (delete) the done events by their ctids and record the lookup's outcome, in
+/// one statement; returns how many events were deleted.
 fn record_status(
     client: &mut pgrx::spi::SpiClient<'_>,
     queue: &str,
+    done: &[pg_sys::ItemPointerData],
     handled: i32,
     failed: i32,
     last_error: Option<&str>,
     held: Option<(i64, i64)>,
     node: Option<&str>,
     (scan_from, mark_id, new_mark): (i64, Option<i64>, bool),
-) {
+) -> i64 {
     use pg_sys::{BOOLOID as B, INT8OID as I8, TEXTOID as T};
-    plans::execute(
+    let rows = plans::execute(
         client,
-        "UPDATE herald.queue_state s
+        "WITH gone AS (
+             DELETE FROM herald.event e
+              WHERE e.ctid OPERATOR(pg_catalog.=) ANY ($12)
+                AND e.queue OPERATOR(pg_catalog.=) $1
+             RETURNING 1)
+         UPDATE herald.queue_state s
             SET handled_count = s.handled_count OPERATOR(pg_catalog.+) $2,
                 failed_count = s.failed_count OPERATOR(pg_catalog.+) $3,
                 last_error = COALESCE($4, s.last_error),
@@ -383,8 +444,22 @@ fn record_status(
                 mark_xmax = CASE WHEN $9 IS NULL THEN NULL
                                  WHEN $10 THEN $11
                                  ELSE s.mark_xmax END
-          WHERE s.queue OPERATOR(pg_catalog.=) $1",
-        &[T, I8, I8, T, I8, I8, T, I8, I8, B, pg_sys::XID8OID],
+          WHERE s.queue OPERATOR(pg_catalog.=) $1
+         RETURNING (SELECT pg_catalog.count(*) FROM gone)",
+        &[
+            T,
+            I8,
+            I8,
+            T,
+            I8,
+            I8,
+            T,
+            I8,
+            I8,
+            B,
+            pg_sys::XID8OID,
+            pg_sys::TIDARRAYOID,
+        ],
         &[
             queue.into_datum(),
             (handled as i64).into_datum(),
@@ -403,8 +478,10 @@ fn record_status(
             Some(pg_sys::Datum::from(
                 unsafe { pg_sys::ReadNextFullTransactionId() }.value,
             )),
+            Some(tid_array(done)),
         ],
     );
+    rows.get::<i64>(0, 1).unwrap_or_default()
 }
 
 /// `herald.resume_queue(queue, action)`: release a held queue. `'retry'` hands the held
