@@ -60,17 +60,8 @@ END
 $$;
 
 CREATE TRIGGER event_queue_check
-    BEFORE INSERT OR DELETE ON herald.event_queue
+    BEFORE INSERT OR UPDATE OR DELETE ON herald.event_queue
     FOR EACH ROW EXECUTE FUNCTION herald._event_queue_check();
--- Only when settings change: the drainer's status update after every lookup skips it.
-CREATE TRIGGER event_queue_check_settings
-    BEFORE UPDATE ON herald.event_queue
-    FOR EACH ROW WHEN (OLD.name IS DISTINCT FROM NEW.name
-                    OR OLD.event_amount_per_lookup IS DISTINCT FROM NEW.event_amount_per_lookup
-                    OR OLD.event_hold_on_error IS DISTINCT FROM NEW.event_hold_on_error
-                    OR OLD.event_log_level IS DISTINCT FROM NEW.event_log_level
-                    OR OLD.event_run IS DISTINCT FROM NEW.event_run)
-    EXECUTE FUNCTION herald._event_queue_check();
 
 -- A change of settings wakes the queue's drainer (it re-reads them before its next lookup)
 -- and tells every coordinator to look at the set of running queues.
@@ -92,15 +83,8 @@ END
 $$;
 
 CREATE TRIGGER event_queue_changed
-    AFTER INSERT OR DELETE ON herald.event_queue
+    AFTER INSERT OR UPDATE OR DELETE ON herald.event_queue
     FOR EACH ROW EXECUTE FUNCTION herald._event_queue_changed();
-CREATE TRIGGER event_queue_changed_settings
-    AFTER UPDATE ON herald.event_queue
-    FOR EACH ROW WHEN (OLD.event_amount_per_lookup IS DISTINCT FROM NEW.event_amount_per_lookup
-                    OR OLD.event_hold_on_error IS DISTINCT FROM NEW.event_hold_on_error
-                    OR OLD.event_log_level IS DISTINCT FROM NEW.event_log_level
-                    OR OLD.event_run IS DISTINCT FROM NEW.event_run)
-    EXECUTE FUNCTION herald._event_queue_changed();
 
 -- Any change to listeners (through the API or by hand) invalidates every backend's
 -- listener cache at commit.

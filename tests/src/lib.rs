@@ -25,6 +25,16 @@ impl Env {
         (env, client)
     }
 
+    /// `start`, then the `RECORDER` table and handler, then `sql` (queues, listeners).
+    pub async fn start_with(sql: &str) -> (Env, Client) {
+        let (env, db) = Env::start().await;
+        db.batch_execute(RECORDER).await.expect("recorder");
+        db.batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        (env, db)
+    }
+
     pub fn url(&self) -> String {
         self.cluster.url("postgres")
     }

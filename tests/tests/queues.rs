@@ -6,17 +6,14 @@ use std::time::Duration;
 /// exactly once, each producer's events in the order it emitted them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_events_over_three_coordinators() {
-    let (env, db) = Env::start().await;
-    db.batch_execute(RECORDER).await.unwrap();
-    db.batch_execute(
+    let (env, db) = Env::start_with(
         "INSERT INTO herald.event_queue (name, event_run) VALUES ('orders', 1), ('invoices', 1), ('all', 1);
          UPDATE herald.event_queue SET event_amount_per_lookup = 50 WHERE name = 'all';
          SELECT herald.add_event_listener('record', 'order', queue => 'orders');
          SELECT herald.add_event_listener('record', 'invoice', queue => 'invoices');
          SELECT herald.add_event_listener('record', '*', queue => 'all');",
     )
-    .await
-    .unwrap();
+    .await;
     let _nodes: Vec<_> = ["a", "b", "c"].iter().map(|n| env.coordinator(n)).collect();
 
     let mut producers = Vec::new();
@@ -61,16 +58,13 @@ async fn ten_thousand_events_over_three_coordinators() {
 /// nothing is lost and no effect is doubled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_draining_coordinator() {
-    let (env, db) = Env::start().await;
-    db.batch_execute(RECORDER).await.unwrap();
-    db.batch_execute(
+    let (env, db) = Env::start_with(
         "CREATE FUNCTION slow_record(e herald.event) RETURNS void LANGUAGE sql AS
            $$ SELECT pg_sleep(0.0005); SELECT record(e) $$;
          INSERT INTO herald.event_queue (name, event_run) VALUES ('work', 1);
          SELECT herald.add_event_listener('slow_record', 'job', queue => 'work');",
     )
-    .await
-    .unwrap();
+    .await;
     let mut nodes: Vec<_> = ["a", "b", "c"].iter().map(|n| env.coordinator(n)).collect();
     let producer = tokio::spawn(produce(env.url(), 1, "job", 3000, 10));
     wait_for(
@@ -122,9 +116,7 @@ async fn kill_9_of_the_draining_coordinator() {
 /// hold_on_error 0 records and goes on; 1 holds until resumed with retry or skip.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hold_on_error_and_resume() {
-    let (env, db) = Env::start().await;
-    db.batch_execute(RECORDER).await.unwrap();
-    db.batch_execute(
+    let (env, db) = Env::start_with(
         "CREATE TABLE fixed (ok boolean);
          INSERT INTO fixed VALUES (false);
          CREATE FUNCTION fragile(e herald.event) RETURNS void LANGUAGE plpgsql AS $$
@@ -137,8 +129,7 @@ async fn hold_on_error_and_resume() {
          INSERT INTO herald.event_queue (name, event_run, event_hold_on_error) VALUES ('q', 1, 1);
          SELECT herald.add_event_listener('fragile', 'x', queue => 'q');",
     )
-    .await
-    .unwrap();
+    .await;
     let _node = env.coordinator("a");
     let emit = |action: &'static str| {
         let db = &db;
@@ -265,16 +256,13 @@ async fn hold_on_error_and_resume() {
 /// Log levels 0-3, written by the coordinator's lookups.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_levels() {
-    let (env, db) = Env::start().await;
-    db.batch_execute(RECORDER).await.unwrap();
-    db.batch_execute(
+    let (env, db) = Env::start_with(
         "CREATE FUNCTION picky(e herald.event) RETURNS void LANGUAGE plpgsql AS $$
          BEGIN IF e.action = 'bad' THEN RAISE EXCEPTION 'bad event'; END IF; PERFORM record(e); END $$;
          INSERT INTO herald.event_queue (name, event_run) VALUES ('q', 1);
          SELECT herald.add_event_listener('picky', 'x', queue => 'q');",
     )
-    .await
-    .unwrap();
+    .await;
     let _node = env.coordinator("a");
     for level in 0..=3i64 {
         db.batch_execute(&format!(
@@ -341,14 +329,11 @@ async fn log_levels() {
 /// Settings changed on a running cluster are picked up without restarting anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_reconfiguration() {
-    let (env, db) = Env::start().await;
-    db.batch_execute(RECORDER).await.unwrap();
-    db.batch_execute(
+    let (env, db) = Env::start_with(
         "INSERT INTO herald.event_queue (name, event_run, event_amount_per_lookup) VALUES ('q', 0, 7);
          SELECT herald.add_event_listener('record', 'x', queue => 'q');",
     )
-    .await
-    .unwrap();
+    .await;
     let _nodes = [env.coordinator("a"), env.coordinator("b")];
     produce(env.url(), 1, "x", 200, 200).await;
     // stopped: nothing is drained
@@ -464,14 +449,11 @@ async fn live_reconfiguration() {
 /// afterwards, exactly once and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_survive_absent_coordinators_and_server_restarts() {
-    let (mut env, db) = Env::start().await;
-    db.batch_execute(RECORDER).await.unwrap();
-    db.batch_execute(
+    let (mut env, db) = Env::start_with(
         "INSERT INTO herald.event_queue (name, event_run) VALUES ('q', 1);
          SELECT herald.add_event_listener('record', 'x', queue => 'q');",
     )
-    .await
-    .unwrap();
+    .await;
     produce(env.url(), 1, "x", 500, 7).await;
     drop(db);
 
@@ -515,14 +497,11 @@ async fn events_survive_absent_coordinators_and_server_restarts() {
 /// SIGTERM stops a coordinator gracefully (exit 0); its queue moves to another node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_is_a_graceful_stop() {
-    let (env, db) = Env::start().await;
-    db.batch_execute(RECORDER).await.unwrap();
-    db.batch_execute(
+    let (env, db) = Env::start_with(
         "INSERT INTO herald.event_queue (name, event_run) VALUES ('q', 1);
          SELECT herald.add_event_listener('record', 'x', queue => 'q');",
     )
-    .await
-    .unwrap();
+    .await;
     let mut a = env.coordinator("a");
     wait_for(
         &db,
@@ -607,14 +586,11 @@ async fn bad_configuration_is_reported() {
 /// are driven by hand so that the interleaving is exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_committing_events_are_never_skipped() {
-    let (env, db) = Env::start().await;
-    db.batch_execute(RECORDER).await.unwrap();
-    db.batch_execute(
+    let (env, db) = Env::start_with(
         "INSERT INTO herald.event_queue (name, event_run, event_amount_per_lookup) VALUES ('q', 1, 2);
          SELECT herald.add_event_listener('record', 'x', queue => 'q');",
     )
-    .await
-    .unwrap();
+    .await;
     let slow = env.connect().await;
     let fast = env.connect().await;
     let drain = || async { db.batch_execute("SELECT herald.drain('q')").await.unwrap() };
