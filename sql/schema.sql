@@ -71,9 +71,11 @@ CREATE TABLE herald.listener (
     owner       regrole NOT NULL DEFAULT (CURRENT_USER)::regrole,
     session_pid integer,
     created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    CONSTRAINT listener_sync_or_queue CHECK (NOT (sync AND queue IS NOT NULL))
+    CONSTRAINT listener_sync_or_queue CHECK (NOT (sync AND queue IS NOT NULL)),
+    tbl         regclass   -- data listeners: the captured table
 );
 CREATE INDEX listener_queue_idx ON herald.listener (queue);
+CREATE INDEX listener_tbl_idx ON herald.listener (tbl);
 COMMENT ON TABLE herald.listener IS
     'Herald listeners; use herald.add_*_listener() and herald.remove_listener() to change them.';
 

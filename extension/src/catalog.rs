@@ -102,6 +102,9 @@ unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys
                 reset();
             } else if relid == oids.listener_rel {
                 crate::listeners::invalidate_cache();
+            } else if crate::listeners::is_captured(relid) {
+                // columns, keys or privileges of a captured table changed
+                crate::listeners::invalidate_cache();
             } else if relid == oids.event_rel {
                 // herald.event changed shape (or the extension was dropped): look everything up again.
                 reset();

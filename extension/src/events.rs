@@ -100,8 +100,13 @@ pub fn emit(r#type: &str, action: &str, details: pg_sys::Datum) -> i64 {
     id
 }
 
+/// A new event id. The caller's transaction must already have its xid (see `emit`).
+pub fn next_event_id() -> i64 {
+    unsafe { nextval_internal(catalog::oids().event_seq, false) }
+}
+
 /// Persist the event into the listener's queue and wake the queue's drainer at commit.
-fn enqueue(event: &EventValue, l: &Listener) {
+pub fn enqueue(event: &EventValue, l: &Listener) {
     let queue = l.queue.as_deref().unwrap_or_default();
     catalog::as_owner(|| {
         Spi::connect(|client| {
@@ -131,7 +136,7 @@ fn enqueue(event: &EventValue, l: &Listener) {
 
 /// Run a synchronous listener's handler in the producing transaction, in a subtransaction:
 /// a failing handler is reported as a WARNING and logged, and the producer goes on.
-fn deliver_sync(event: &EventValue, l: &Listener) {
+pub fn deliver_sync(event: &EventValue, l: &Listener) {
     let value = EventValue {
         id: event.id,
         queue: None,

@@ -2,6 +2,7 @@
 //!
 //! `lib.rs` only wires the modules together; each concept lives in its own file:
 //! - [`events`]: `herald.emit` and delivery of one event to its listeners
+//! - [`capture`]: data-change capture (`herald.add_data_listener`, the capture trigger)
 //! - [`listeners`]: registration, handler checks and the per-backend listener cache
 //! - [`queues`]: draining a queue (`herald.drain`), waiting for work, resuming held queues
 //! - [`dispatch`]: building `herald.event` values and calling handlers in subtransactions
@@ -10,6 +11,7 @@
 //! - [`catalog`]: backend-local lookups of Herald's own objects and owner switching
 use pgrx::prelude::*;
 
+mod capture;
 mod catalog;
 mod dispatch;
 mod errors;

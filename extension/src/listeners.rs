@@ -25,6 +25,8 @@ pub struct Listener {
     pub queue_id: Option<i32>,
     pub sync: bool,
     pub owner: pg_sys::Oid,
+    /// For data listeners: what to capture and how to shape it.
+    pub data: Option<crate::capture::DataListenerInfo>,
 }
 
 /// All listeners by id, and user-event listeners by event type.
@@ -33,12 +35,18 @@ pub struct ListenerSet {
     by_type: HashMap<String, Vec<Rc<Listener>>>,
     any_type: Vec<Rc<Listener>>,
     by_id: HashMap<i64, Rc<Listener>>,
+    by_table: HashMap<pg_sys::Oid, Vec<Rc<Listener>>>,
 }
 
 impl ListenerSet {
     /// The listener with this id, if it still exists.
     pub fn get(&self, id: i64) -> Option<Rc<Listener>> {
         self.by_id.get(&id).cloned()
+    }
+
+    /// Data listeners of a table, in registration order.
+    pub fn on_table(&self, relid: pg_sys::Oid) -> &[Rc<Listener>] {
+        self.by_table.get(&relid).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// Listeners of `event_type`, in registration order.
@@ -56,6 +64,13 @@ impl ListenerSet {
 
 thread_local! {
     static CACHE: RefCell<Option<Rc<ListenerSet>>> = const { RefCell::new(None) };
+    /// Tables with data listeners: DDL on them (columns, privileges) invalidates the cache.
+    static CAPTURED: RefCell<std::collections::HashSet<pg_sys::Oid>> = RefCell::new(Default::default());
+}
+
+/// Does a relcache invalidation of `relid` concern the cache? (relcache callback; never raises)
+pub fn is_captured(relid: pg_sys::Oid) -> bool {
+    CAPTURED.with(|c| c.try_borrow().map(|c| c.contains(&relid)).unwrap_or(true))
 }
 
 /// Drop the cached listener set (relcache callback; never raises).
@@ -84,7 +99,19 @@ fn load() -> ListenerSet {
             let mut set = ListenerSet::default();
             let rows = client.select(
                 "SELECT l.id, l.handler::pg_catalog.oid, l.event_types, l.queue, q.id, l.sync,
-                        l.owner::pg_catalog.oid, l.kind
+                        l.owner::pg_catalog.oid, l.kind, l.tbl::pg_catalog.oid,
+                        (SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum)
+                           FROM pg_catalog.pg_index i
+                           JOIN pg_catalog.pg_attribute a
+                             ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid
+                            AND a.attnum OPERATOR(pg_catalog.=) ANY (i.indkey)
+                          WHERE i.indrelid OPERATOR(pg_catalog.=) l.tbl::pg_catalog.oid AND i.indisprimary),
+                        (SELECT pg_catalog.array_agg(a.attname::text)
+                           FROM pg_catalog.pg_attribute a
+                          WHERE a.attrelid OPERATOR(pg_catalog.=) l.tbl::pg_catalog.oid
+                            AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped
+                            AND NOT pg_catalog.has_column_privilege(l.owner::pg_catalog.oid,
+                                    l.tbl::pg_catalog.oid, a.attnum, 'SELECT'))
                    FROM herald.listener l
                    LEFT JOIN herald.event_queue q ON q.name OPERATOR(pg_catalog.=) l.queue
                   ORDER BY l.id",
@@ -99,9 +126,25 @@ fn load() -> ListenerSet {
                     queue_id: row.get::<i32>(5)?,
                     sync: row.get::<bool>(6)?.unwrap_or(false),
                     owner: row.get::<pg_sys::Oid>(7)?.unwrap_or(pg_sys::InvalidOid),
+                    data: match row.get::<String>(8)?.as_deref() {
+                        Some("data") => Some(crate::capture::DataListenerInfo {
+                            spec: crate::capture::DataSpec::from_items(
+                                &row.get::<Vec<String>>(3)?.unwrap_or_default(),
+                            ),
+                            key: row.get::<Vec<String>>(10)?.unwrap_or_default(),
+                            hidden: row.get::<Vec<String>>(11)?.unwrap_or_default(),
+                        }),
+                        _ => None,
+                    },
                 });
                 set.by_id.insert(listener.id, listener.clone());
-                if row.get::<String>(8)?.as_deref() != Some("event") {
+                let kind = row.get::<String>(8)?;
+                if kind.as_deref() == Some("data") {
+                    if let Some(tbl) = row.get::<pg_sys::Oid>(9)? {
+                        set.by_table.entry(tbl).or_default().push(listener.clone());
+                    }
+                }
+                if kind.as_deref() != Some("event") {
                     continue;
                 }
                 let types: Vec<String> = row.get::<Vec<String>>(3)?.unwrap_or_default();
@@ -113,6 +156,7 @@ fn load() -> ListenerSet {
                     }
                 }
             }
+            CAPTURED.with(|c| *c.borrow_mut() = set.by_table.keys().copied().collect());
             Ok::<_, pgrx::spi::SpiError>(set)
         }))
     })
@@ -280,6 +324,7 @@ pub fn insert_listener(
     event_types: &[String],
     queue: Option<&str>,
     sync: bool,
+    tbl: Option<pg_sys::Oid>,
 ) -> i64 {
     let owner = catalog::current_user();
     let pid = if queue.is_none() && !sync {
@@ -292,9 +337,9 @@ pub fn insert_listener(
         errors::spi(Spi::connect_mut(|client| {
             client
                 .update(
-                    "INSERT INTO herald.listener (kind, handler, event_types, queue, sync, owner, session_pid)
+                    "INSERT INTO herald.listener (kind, handler, event_types, queue, sync, owner, session_pid, tbl)
                      VALUES ($1, $2::pg_catalog.oid::pg_catalog.regprocedure, $3, $4, $5,
-                             $6::pg_catalog.oid::pg_catalog.regrole, $7)
+                             $6::pg_catalog.oid::pg_catalog.regrole, $7, $8::pg_catalog.oid::pg_catalog.regclass)
                      RETURNING id",
                     // No row limit: a limited INSERT ... RETURNING never completes its
                     // ModifyTable node, so AFTER STATEMENT triggers would not fire.
@@ -307,6 +352,7 @@ pub fn insert_listener(
                         sync.into(),
                         owner.into(),
                         pid.into(),
+                        tbl.into(),
                     ],
                 )?
                 .first()
@@ -352,17 +398,17 @@ fn add_event_listener(
             Some("Pass queue => 'MyEventQueue' or sync => true.".into()),
         );
     }
-    insert_listener("event", handler_oid, &types, queue, sync)
+    insert_listener("event", handler_oid, &types, queue, sync, None)
 }
 
 /// `herald.remove_listener(id)`: remove a listener and its pending queued events.
 #[pg_extern(volatile, parallel_unsafe)]
 fn remove_listener(id: Option<i64>) {
     let id = errors::required(id, "listener id");
-    let owner = catalog::as_owner(|| {
+    let found = catalog::as_owner(|| {
         errors::spi(Spi::connect_mut(|client| {
             let rows = client.update(
-                "SELECT l.owner::pg_catalog.oid FROM herald.listener l
+                "SELECT l.owner::pg_catalog.oid, l.tbl::pg_catalog.oid FROM herald.listener l
                   WHERE l.id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
                 None,
                 &[id.into()],
@@ -370,9 +416,15 @@ fn remove_listener(id: Option<i64>) {
             if rows.is_empty() {
                 return Ok(None);
             }
-            rows.first().get::<pg_sys::Oid>(1)
+            let row = rows.first();
+            Ok::<_, pgrx::spi::SpiError>(Some((
+                row.get::<pg_sys::Oid>(1)?,
+                row.get::<pg_sys::Oid>(2)?,
+            )))
         }))
     });
+    let owner = found.and_then(|f| f.0);
+    let tbl = found.and_then(|f| f.1);
     let Some(owner) = owner else {
         raise(
             Code::ERRCODE_UNDEFINED_OBJECT,
@@ -400,6 +452,9 @@ fn remove_listener(id: Option<i64>) {
             &[id.into()],
         ));
     });
+    if let Some(tbl) = tbl {
+        crate::capture::drop_trigger_if_unused(tbl);
+    }
 }
 
 /// `herald._invalidate_listeners()`: called by the listener table's statement trigger.
