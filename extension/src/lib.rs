@@ -23,6 +23,8 @@ mod wakeup;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
+#[cfg(any(test, feature = "pg_test"))]
+mod tests_capture;
 
 ::pgrx::pg_module_magic!(name, version);
 

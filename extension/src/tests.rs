@@ -1,23 +1,22 @@
 //! In-database tests of the SQL surface (run by `cargo pgrx test`). Each test runs in its
 //! own transaction, which is rolled back afterwards.
-#[pgrx::pg_schema]
-mod tests {
+pub mod helpers {
     use pgrx::prelude::*;
 
-    fn run(sql: &str) {
+    pub fn run(sql: &str) {
         Spi::run(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
-    fn one<T: IntoDatum + FromDatum>(sql: &str) -> Option<T> {
+    pub fn one<T: IntoDatum + FromDatum>(sql: &str) -> Option<T> {
         Spi::get_one::<T>(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
-    fn count(sql: &str) -> i64 {
+    pub fn count(sql: &str) -> i64 {
         one::<i64>(sql).unwrap_or_default()
     }
 
     /// Run `sql` in a subtransaction and return the error message (and hint) it raised.
-    fn error_of(sql: &str) -> String {
+    pub fn error_of(sql: &str) -> String {
         unsafe {
             let context = pg_sys::CurrentMemoryContext;
             let owner = pg_sys::CurrentResourceOwner;
@@ -49,13 +48,20 @@ mod tests {
         }
     }
 
-    fn assert_error(sql: &str, expected: &str) {
+    pub fn assert_error(sql: &str, expected: &str) {
         let got = error_of(sql);
         assert!(
             got.contains(expected),
             "{sql}\n  expected error containing: {expected}\n  got: {got}"
         );
     }
+}
+
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    use super::helpers::*;
 
     /// A queue `q`, a table `seen` and handlers `rec` (records) and `picky` (fails on 'boom').
     fn fixture() {
