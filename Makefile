@@ -43,6 +43,9 @@ setup:
 ## Build and install the extension into the system PostgreSQL.
 install: setup
 	cargo pgrx install -p herald --pg-config $(PG_CONFIG) $(if $(SUDO),--sudo)
+	@# earlier releases' install scripts, so that `CREATE EXTENSION herald VERSION '0.1.0'`
+	@# and `ALTER EXTENSION herald UPDATE` work (the upgrade scripts come with cargo pgrx)
+	$(SUDO) cp sql/releases/herald--*.sql "$$($(PG_CONFIG) --sharedir)/extension/"
 
 ## Build the coordinator (`herald`).
 build:

@@ -59,7 +59,11 @@ mod tests {
             "level 2: an update that changes nothing produces no event"
         );
         let f = details(full);
-        assert_eq!(f.len(), 5, "levels 1 and 3 report an update even when nothing changed");
+        assert_eq!(
+            f.len(),
+            5,
+            "levels 1 and 3 report an update even when nothing changed"
+        );
         assert!(
             f[2].starts_with("UPDATE {\"new\": {\"id\": 1,")
                 && f[2].contains("\"old\": {\"id\": 1,"),

@@ -37,7 +37,10 @@ async fn concurrent_writers_every_change_once_in_commit_order() {
                 )
                 .await
                 .unwrap();
-            let delete = client.prepare("DELETE FROM stock WHERE item = $1").await.unwrap();
+            let delete = client
+                .prepare("DELETE FROM stock WHERE item = $1")
+                .await
+                .unwrap();
             let mut changes = 0;
             let mut i: i32 = 0;
             while changes < 5000 {
@@ -55,10 +58,29 @@ async fn concurrent_writers_every_change_once_in_commit_order() {
     for w in writers {
         w.await.unwrap();
     }
-    wait_for(&db, "SELECT count(*) >= 20000 FROM history", 180, "all changes handled").await;
-    wait_for(&db, "SELECT backlog = 0 FROM herald.queue_status", 30, "empty backlog").await;
-    assert_eq!(count(&db, "SELECT count(*) FROM history").await, 20000, "every change exactly once");
-    assert_eq!(count(&db, "SELECT count(DISTINCT event_id) FROM history").await, 20000);
+    wait_for(
+        &db,
+        "SELECT count(*) >= 20000 FROM history",
+        180,
+        "all changes handled",
+    )
+    .await;
+    wait_for(
+        &db,
+        "SELECT backlog = 0 FROM herald.queue_status",
+        30,
+        "empty backlog",
+    )
+    .await;
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM history").await,
+        20000,
+        "every change exactly once"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(DISTINCT event_id) FROM history").await,
+        20000
+    );
     // per row: each update's old qty is the previous event's new qty; after an insert qty = 1
     let broken = count(
         &db,
@@ -117,21 +139,43 @@ async fn listeners_come_and_go_while_others_write() {
     }
     for _ in 0..5 {
         let id: i64 = db
-            .query_one("SELECT herald.add_data_listener('stock', 'second', queue => 'stock')", &[])
+            .query_one(
+                "SELECT herald.add_data_listener('stock', 'second', queue => 'stock')",
+                &[],
+            )
             .await
             .unwrap()
             .get(0);
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        db.execute("SELECT herald.remove_listener($1)", &[&id]).await.unwrap();
+        db.execute("SELECT herald.remove_listener($1)", &[&id])
+            .await
+            .unwrap();
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut written = 0;
     for w in writers {
         written += w.await.unwrap();
     }
-    wait_for(&db, &format!("SELECT count(*) >= {written} FROM history"), 120, "main listener caught up").await;
-    assert_eq!(count(&db, "SELECT count(*) FROM history").await, written as i64, "the permanent listener saw every change");
-    let triggers = count(&db, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'stock'::regclass AND NOT tgisinternal").await;
+    wait_for(
+        &db,
+        &format!("SELECT count(*) >= {written} FROM history"),
+        120,
+        "main listener caught up",
+    )
+    .await;
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM history").await,
+        written as i64,
+        "the permanent listener saw every change"
+    );
+    let triggers = count(
+        &db,
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'stock'::regclass AND NOT tgisinternal",
+    )
+    .await;
     assert_eq!(triggers, 2, "the trigger stays while a listener remains");
-    assert!(count(&db, "SELECT count(*) FROM seen2").await > 0, "the temporary listeners received changes");
+    assert!(
+        count(&db, "SELECT count(*) FROM seen2").await > 0,
+        "the temporary listeners received changes"
+    );
 }
