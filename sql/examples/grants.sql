@@ -9,6 +9,7 @@
 GRANT USAGE ON SCHEMA herald TO herald_app;
 GRANT EXECUTE ON FUNCTION herald.emit(text, text, jsonb) TO herald_app;
 GRANT EXECUTE ON FUNCTION herald.add_event_listener(text, text, text, boolean),
+                          herald.add_data_listener(regclass, text, text, text, boolean),
                           herald.remove_listener(bigint) TO herald_app;
 GRANT SELECT ON herald.listener TO herald_app;
 
