@@ -123,6 +123,9 @@ async fn run() -> Result<(), String> {
         herald_rate / pgmq_rate
     );
 
+    // 4. capture
+    capture(&cluster, &db, seconds).await?;
+
     // 3. latency
     println!("\n3. Commit-to-handler latency at 500 events/s for {seconds} s, one coordinator:");
     let (p50, p99, max, n) = latency(&cluster, &db, &herald_bin, seconds).await?;
@@ -154,6 +157,92 @@ fn cores() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
+}
+
+/// Data-change capture: the same write with no listener, with one Herald queue listener at
+/// level 2, and with the do-it-yourself PL/pgSQL trigger that stores `to_jsonb(NEW)`.
+async fn capture(
+    cluster: &PgCluster,
+    db: &tokio_postgres::Client,
+    seconds: u64,
+) -> Result<(), String> {
+    let wide_cols: Vec<String> = (1..20)
+        .map(|i| format!("c{i} int NOT NULL DEFAULT {i}"))
+        .collect();
+    for sql in [
+        "CREATE TABLE cap (id bigserial PRIMARY KEY, customer int NOT NULL, amount numeric NOT NULL, note text)".to_string(),
+        format!("CREATE TABLE wide (id int PRIMARY KEY, {})", wide_cols.join(", ")),
+        "INSERT INTO wide (id) SELECT g FROM generate_series(1, 10000) g".to_string(),
+        "CREATE TABLE diy_event (id bigserial PRIMARY KEY, tbl text, op text, row jsonb, created_at timestamptz DEFAULT now())".to_string(),
+        "CREATE FUNCTION diy_capture() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO diy_event (tbl, op, row) VALUES (TG_TABLE_NAME, TG_OP, to_jsonb(NEW));
+             RETURN NULL;
+         END $$".to_string(),
+        "INSERT INTO herald.event_queue (name) VALUES ('cap')".to_string(),
+        "VACUUM ANALYZE wide".to_string(),
+    ] {
+        db.batch_execute(&sql).await.map_err(pg)?;
+    }
+    for (what, table, script, target_plain, target_diy) in [
+        (
+            "single-row INSERT",
+            "cap",
+            "INSERT INTO cap (customer, amount, note) VALUES (42, 99.5, 'order');",
+            0.85,
+            1.15,
+        ),
+        (
+            "UPDATE of one column, 20-column row",
+            "wide",
+            "\\set id random(1, 10000)\nUPDATE wide SET c5 = c5 + 1 WHERE id = :id;",
+            0.85,
+            1.15,
+        ),
+    ] {
+        println!("\n4. {what}, 2 clients, {seconds} s each, best of 2:");
+        let mut plain: f64 = 0.0;
+        let mut herald: f64 = 0.0;
+        let mut diy: f64 = 0.0;
+        for _ in 0..2 {
+            plain = plain.max(pgbench(cluster, script, seconds)?);
+            let id: i64 = db
+                .query_one(
+                    &format!("SELECT herald.add_data_listener('{table}', 'noop', queue => 'cap')"),
+                    &[],
+                )
+                .await
+                .map_err(pg)?
+                .get(0);
+            herald = herald.max(pgbench(cluster, script, seconds)?);
+            db.execute("SELECT herald.remove_listener($1)", &[&id])
+                .await
+                .map_err(pg)?;
+            db.batch_execute(&format!(
+                "CREATE TRIGGER diy AFTER INSERT OR UPDATE OR DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION diy_capture()"
+            ))
+            .await
+            .map_err(pg)?;
+            diy = diy.max(pgbench(cluster, script, seconds)?);
+            db.batch_execute(&format!("DROP TRIGGER diy ON {table}"))
+                .await
+                .map_err(pg)?;
+            for sql in [
+                "TRUNCATE herald.event, diy_event",
+                "VACUUM ANALYZE herald.event",
+                "VACUUM ANALYZE diy_event",
+            ] {
+                db.batch_execute(sql).await.map_err(pg)?;
+            }
+            db.batch_execute(&format!("VACUUM ANALYZE {table}"))
+                .await
+                .map_err(pg)?;
+        }
+        println!("   no listener              {plain:>10.0} tps");
+        println!("   herald listener (level 2) {herald:>9.0} tps   {:.2}x of no listener (target >= {target_plain}x)", herald / plain);
+        println!("   PL/pgSQL to_jsonb trigger {diy:>9.0} tps   herald is {:.2}x of it (target >= {target_diy}x)", herald / diy);
+    }
+    Ok(())
 }
 
 /// TPS of `sql` from 2 pgbench clients.

@@ -142,35 +142,45 @@ fn event_tupdesc() -> pg_sys::TupleDesc {
     desc
 }
 
+/// The column values of `e` for a tuple of `herald.event` described by `desc` (matched by
+/// column name, so the code survives columns added by later versions).
+pub unsafe fn event_values(
+    e: &EventValue,
+    desc: pg_sys::TupleDesc,
+) -> (Vec<pg_sys::Datum>, Vec<bool>) {
+    let natts = (*desc).natts as usize;
+    let mut values = vec![pg_sys::Datum::from(0); natts];
+    let mut nulls = vec![true; natts];
+    let attrs = (*desc).attrs.as_slice(natts);
+    for (i, att) in attrs.iter().enumerate() {
+        if att.attisdropped {
+            continue;
+        }
+        let name = std::ffi::CStr::from_ptr(att.attname.data.as_ptr()).to_bytes();
+        let value: Option<pg_sys::Datum> = match name {
+            b"id" => e.id.into_datum(),
+            b"queue" => e.queue.as_deref().into_datum(),
+            b"type" => e.r#type.as_str().into_datum(),
+            b"action" => e.action.as_str().into_datum(),
+            b"source" => e.source.as_deref().into_datum(),
+            b"details" => Some(e.details),
+            b"created_at" => Some(pg_sys::Datum::from(e.created_at)),
+            b"listener" => e.listener.into_datum(),
+            _ => None,
+        };
+        if let Some(v) = value {
+            values[i] = v;
+            nulls[i] = false;
+        }
+    }
+    (values, nulls)
+}
+
 /// Build a `herald.event` composite datum in the current memory context.
 pub fn event_datum(e: &EventValue) -> pg_sys::Datum {
     unsafe {
         let tupdesc = event_tupdesc();
-        let natts = (*tupdesc).natts as usize;
-        let mut values = vec![pg_sys::Datum::from(0); natts];
-        let mut nulls = vec![true; natts];
-        let attrs = (*tupdesc).attrs.as_slice(natts);
-        for (i, att) in attrs.iter().enumerate() {
-            if att.attisdropped {
-                continue;
-            }
-            let name = std::ffi::CStr::from_ptr(att.attname.data.as_ptr()).to_bytes();
-            let value: Option<pg_sys::Datum> = match name {
-                b"id" => e.id.into_datum(),
-                b"queue" => e.queue.as_deref().into_datum(),
-                b"type" => e.r#type.as_str().into_datum(),
-                b"action" => e.action.as_str().into_datum(),
-                b"source" => e.source.as_deref().into_datum(),
-                b"details" => Some(e.details),
-                b"created_at" => Some(pg_sys::Datum::from(e.created_at)),
-                b"listener" => e.listener.into_datum(),
-                _ => None,
-            };
-            if let Some(v) = value {
-                values[i] = v;
-                nulls[i] = false;
-            }
-        }
+        let (mut values, mut nulls) = event_values(e, tupdesc);
         let tuple = pg_sys::heap_form_tuple(tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
         pg_sys::Datum::from(pg_sys::heap_copy_tuple_as_datum(tuple, tupdesc))
     }

@@ -11,7 +11,6 @@ use crate::catalog;
 use crate::dispatch::{self, EventValue};
 use crate::errors::{self, raise};
 use crate::listeners::{self, Listener, RESERVED_TYPES};
-use crate::plans;
 use crate::wakeup;
 
 #[unsafe(no_mangle)]
@@ -107,30 +106,37 @@ pub fn next_event_id() -> i64 {
 
 /// Persist the event into the listener's queue and wake the queue's drainer at commit.
 pub fn enqueue(event: &EventValue, l: &Listener) {
-    let queue = l.queue.as_deref().unwrap_or_default();
-    catalog::as_owner(|| {
-        Spi::connect(|client| {
-            use pg_sys::{INT8OID as I8, JSONBOID, TEXTOID as T, TIMESTAMPTZOID};
-            plans::execute(
-                client,
-                "INSERT INTO herald.event (id, queue, type, action, source, details, created_at, listener)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                &[I8, T, T, T, T, JSONBOID, TIMESTAMPTZOID, I8],
-                &[
-                    event.id.into_datum(),
-                    queue.into_datum(),
-                    event.r#type.as_str().into_datum(),
-                    event.action.as_str().into_datum(),
-                    event.source.as_deref().into_datum(),
-                    Some(event.details),
-                    Some(pg_sys::Datum::from(event.created_at)),
-                    l.id.into_datum(),
-                ],
-            );
-        })
-    });
+    let row = EventValue {
+        id: event.id,
+        queue: l.queue.clone(),
+        r#type: event.r#type.clone(),
+        action: event.action.clone(),
+        source: event.source.clone(),
+        details: event.details,
+        created_at: event.created_at,
+        listener: l.id,
+    };
+    insert_row(&row);
     if let Some(queue_id) = l.queue_id {
         wakeup::wake_at_commit(queue_id);
+    }
+}
+
+/// Insert one row into `herald.event` directly: heap insert plus index entries, without an
+/// executor round. This is on every producer's write path (emit and the capture trigger),
+/// and herald.event is Herald's own table: no triggers, rules, policies or constraints
+/// beyond its primary key (checked by the unique index insertion) and NOT NULLs (always
+/// supplied here).
+fn insert_row(row: &EventValue) {
+    let rel_oid = catalog::oids().event_rel;
+    unsafe {
+        let rel = pg_sys::table_open(rel_oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+        let desc = (*rel).rd_att;
+        let (mut values, mut nulls) = dispatch::event_values(row, desc);
+        let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        pg_sys::CatalogTupleInsert(rel, tuple);
+        pg_sys::heap_freetuple(tuple);
+        pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
     }
 }
 
