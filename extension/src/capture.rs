@@ -124,14 +124,56 @@ impl DataSpec {
     }
 }
 
+/// A set of columns of a table, by attribute index (attnum - 1).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Cols(Vec<u64>);
+
+impl Cols {
+    /// From 1-based attnums.
+    pub fn of(attnums: &[i32]) -> Cols {
+        let mut c = Cols::default();
+        for &a in attnums {
+            if a > 0 {
+                c.insert((a - 1) as usize);
+            }
+        }
+        c
+    }
+    fn insert(&mut self, i: usize) {
+        if self.0.len() <= i / 64 {
+            self.0.resize(i / 64 + 1, 0);
+        }
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+    fn contains(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(|w| *w == 0)
+    }
+    fn minus(&self, other: &Cols) -> Cols {
+        let mut out = self.clone();
+        for (i, w) in out.0.iter_mut().enumerate() {
+            *w &= !other.0.get(i).copied().unwrap_or(0);
+        }
+        out.trim()
+    }
+    fn trim(mut self) -> Cols {
+        while self.0.last() == Some(&0) {
+            self.0.pop();
+        }
+        self
+    }
+}
+
 /// What the cache keeps per data listener besides the common fields.
 #[derive(Debug, Clone, Default)]
 pub struct DataListenerInfo {
     pub spec: DataSpec,
     /// Primary key columns of the table.
-    pub key: Vec<String>,
+    pub key: Cols,
     /// Columns the listener's owner may not read: never shown in its events.
-    pub hidden: Vec<String>,
+    pub hidden: Cols,
 }
 
 /// `herald.add_data_listener(tbl, handler, events, queue, sync)`. The SQL signature is
@@ -331,7 +373,7 @@ pub unsafe extern "C-unwind" fn herald_capture(fcinfo: pg_sys::FunctionCallInfo)
         Action::Delete => (Some((*data).tg_trigtuple), None),
         Action::Truncate => (None, None),
     };
-    let row = RowChange { rel, old, new };
+    let row = RowChange::new(rel, old, new);
     let mut event_id: Option<i64> = None;
     let source = relation_name(rel);
     let created_at = pg_sys::GetCurrentTransactionStartTimestamp();
@@ -379,123 +421,253 @@ unsafe fn relation_name(rel: pg_sys::Relation) -> String {
     format!("{}.{}", q(schema), q(name))
 }
 
-/// One row change seen by the trigger.
+/// One row change seen by the trigger, with both rows deformed once.
 struct RowChange {
     rel: pg_sys::Relation,
-    old: Option<pg_sys::HeapTuple>,
-    new: Option<pg_sys::HeapTuple>,
+    old: Option<Row>,
+    new: Option<Row>,
+}
+
+struct Row {
+    tuple: pg_sys::HeapTuple,
+    values: Vec<pg_sys::Datum>,
+    nulls: Vec<bool>,
+}
+
+impl Row {
+    unsafe fn deform(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> Row {
+        let natts = (*desc).natts as usize;
+        let mut values = vec![pg_sys::Datum::from(0); natts];
+        let mut nulls = vec![true; natts];
+        pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        Row {
+            tuple,
+            values,
+            nulls,
+        }
+    }
 }
 
 impl RowChange {
+    unsafe fn new(
+        rel: pg_sys::Relation,
+        old: Option<pg_sys::HeapTuple>,
+        new: Option<pg_sys::HeapTuple>,
+    ) -> RowChange {
+        let desc = (*rel).rd_att;
+        RowChange {
+            rel,
+            old: old.map(|t| Row::deform(t, desc)),
+            new: new.map(|t| Row::deform(t, desc)),
+        }
+    }
+
+    fn desc(&self) -> pg_sys::TupleDesc {
+        unsafe { (*self.rel).rd_att }
+    }
+
+    /// All live columns.
+    fn all_columns(&self) -> Cols {
+        let mut c = Cols::default();
+        unsafe {
+            let desc = self.desc();
+            for (i, a) in (*desc)
+                .attrs
+                .as_slice((*desc).natts as usize)
+                .iter()
+                .enumerate()
+            {
+                if !a.attisdropped {
+                    c.insert(i);
+                }
+            }
+        }
+        c
+    }
+
     /// The `details` of one listener's event, or None when an UPDATE changed nothing it
-    /// would see at level 2.
+    /// would see at level 2. One `to_jsonb` call on a record shaped for the listener.
     unsafe fn details(
         &self,
         action: Action,
         level: u8,
         info: &DataListenerInfo,
     ) -> Option<pg_sys::Datum> {
-        let pairs: Vec<(&str, pg_sys::Datum)> = match (action, level) {
+        let visible = self.all_columns().minus(&info.hidden);
+        let parts: Vec<(&'static str, pg_sys::Datum)> = match (action, level) {
             (Action::Truncate, _) => vec![],
             (_, 1) => {
-                let tuple = self.new.or(self.old).expect("a row");
-                let drop = self.columns_except(&info.key);
-                vec![("key", self.row_json(tuple, &drop))]
+                let row = self.new.as_ref().or(self.old.as_ref()).expect("a row");
+                vec![("key", self.project(row, &info.key))]
             }
             (Action::Update, 2) => {
-                let unchanged = self.unchanged_columns();
-                let mut drop = unchanged;
-                drop.extend(info.hidden.iter().cloned());
-                if self.visible_count(&drop) == 0 {
+                let changed = visible.minus(&self.unchanged_columns());
+                if changed.is_empty() {
                     return None;
                 }
                 vec![
-                    ("old", self.row_json(self.old.unwrap(), &drop)),
-                    ("new", self.row_json(self.new.unwrap(), &drop)),
+                    ("old", self.project(self.old.as_ref()?, &changed)),
+                    ("new", self.project(self.new.as_ref()?, &changed)),
                 ]
             }
             (Action::Update, _) => vec![
-                ("old", self.row_json(self.old.unwrap(), &info.hidden)),
-                ("new", self.row_json(self.new.unwrap(), &info.hidden)),
+                ("old", self.project(self.old.as_ref()?, &visible)),
+                ("new", self.project(self.new.as_ref()?, &visible)),
             ],
-            (Action::Insert, _) => vec![("new", self.row_json(self.new.unwrap(), &info.hidden))],
-            (Action::Delete, _) => vec![("old", self.row_json(self.old.unwrap(), &info.hidden))],
+            (Action::Insert, _) => vec![("new", self.project(self.new.as_ref()?, &visible))],
+            (Action::Delete, _) => vec![("old", self.project(self.old.as_ref()?, &visible))],
         };
-        Some(json::object(&pairs))
-    }
-
-    fn tupdesc(&self) -> pg_sys::TupleDesc {
-        unsafe { (*self.rel).rd_att }
-    }
-
-    fn attributes(&self) -> Vec<(usize, String, bool, i16)> {
-        unsafe {
-            let desc = self.tupdesc();
-            let natts = (*desc).natts as usize;
-            (*desc)
-                .attrs
-                .as_slice(natts)
-                .iter()
-                .enumerate()
-                .filter(|(_, a)| !a.attisdropped)
-                .map(|(i, a)| {
-                    let name = std::ffi::CStr::from_ptr(a.attname.data.as_ptr())
-                        .to_string_lossy()
-                        .into_owned();
-                    (i, name, a.attbyval, a.attlen)
-                })
-                .collect()
-        }
-    }
-
-    fn columns_except(&self, keep: &[String]) -> Vec<String> {
-        self.attributes()
-            .into_iter()
-            .map(|a| a.1)
-            .filter(|n| !keep.contains(n))
-            .collect()
-    }
-
-    fn visible_count(&self, dropped: &[String]) -> usize {
-        self.attributes()
-            .iter()
-            .filter(|a| !dropped.contains(&a.1))
-            .count()
+        Some(shapes::outer_json(&parts))
     }
 
     /// Columns whose old and new values are identical (binary comparison).
-    unsafe fn unchanged_columns(&self) -> Vec<String> {
-        let desc = self.tupdesc();
-        let (old, new) = (self.old.unwrap(), self.new.unwrap());
-        let mut out = Vec::new();
-        for (i, name, byval, len) in self.attributes() {
-            let attnum = (i + 1) as i32;
-            let (mut null_old, mut null_new) = (false, false);
-            let a = pg_sys::heap_getattr(old, attnum, desc, &mut null_old);
-            let b = pg_sys::heap_getattr(new, attnum, desc, &mut null_new);
-            let same = match (null_old, null_new) {
+    unsafe fn unchanged_columns(&self) -> Cols {
+        let (Some(old), Some(new)) = (&self.old, &self.new) else {
+            return Cols::default();
+        };
+        let desc = self.desc();
+        let mut out = Cols::default();
+        for (i, a) in (*desc)
+            .attrs
+            .as_slice((*desc).natts as usize)
+            .iter()
+            .enumerate()
+        {
+            let same = match (old.nulls[i], new.nulls[i]) {
                 (true, true) => true,
-                (false, false) => datums_identical(a, b, byval, len),
+                (false, false) => {
+                    datums_identical(old.values[i], new.values[i], a.attbyval, a.attlen)
+                }
                 _ => false,
             };
             if same {
-                out.push(name);
+                out.insert(i);
             }
         }
         out
     }
 
-    /// `to_jsonb(row) - dropped`.
-    unsafe fn row_json(&self, tuple: pg_sys::HeapTuple, dropped: &[String]) -> pg_sys::Datum {
-        let desc = self.tupdesc();
-        let row = pg_sys::heap_copy_tuple_as_datum(tuple, desc);
-        let full = json::to_jsonb((*desc).tdtypeid, pg_sys::Datum::from(row));
-        if dropped.is_empty() {
-            full
-        } else {
-            json::without_keys(full, dropped)
+    /// The row restricted to `cols`, as a composite datum (the table's own row type when
+    /// nothing is left out).
+    unsafe fn project(&self, row: &Row, cols: &Cols) -> pg_sys::Datum {
+        let desc = self.desc();
+        if *cols == self.all_columns() {
+            return pg_sys::Datum::from(pg_sys::heap_copy_tuple_as_datum(row.tuple, desc));
         }
+        let shape = shapes::projection((*self.rel).rd_id, desc, cols);
+        let natts = (*desc).natts as usize;
+        let mut values = Vec::new();
+        let mut nulls = Vec::new();
+        for i in 0..natts {
+            if cols.contains(i) {
+                values.push(row.values[i]);
+                nulls.push(row.nulls[i]);
+            }
+        }
+        let tuple = pg_sys::heap_form_tuple(shape, values.as_mut_ptr(), nulls.as_mut_ptr());
+        pg_sys::Datum::from(pg_sys::heap_copy_tuple_as_datum(tuple, shape))
     }
+}
+
+/// Blessed anonymous record types: projections of a table's columns, and the outer
+/// `(key)`, `(new)`, `(old)`, `(old, new)` records, so that one `to_jsonb` call builds a
+/// listener's whole `details`.
+mod shapes {
+    use super::*;
+
+    thread_local! {
+        static PROJECTIONS: RefCell<HashMap<(pg_sys::Oid, Cols), pg_sys::TupleDesc>> = RefCell::new(HashMap::new());
+        static OUTERS: RefCell<HashMap<Vec<&'static str>, pg_sys::TupleDesc>> = RefCell::new(HashMap::new());
+    }
+
+    /// Forget projections (a table's columns changed). Never raises.
+    pub fn invalidate() {
+        PROJECTIONS.with(|p| {
+            if let Ok(mut p) = p.try_borrow_mut() {
+                p.clear(); // the blessed descriptors stay registered; a few bytes per shape
+            }
+        });
+    }
+
+    unsafe fn blessed(build: impl FnOnce() -> pg_sys::TupleDesc) -> pg_sys::TupleDesc {
+        let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+        let desc = pg_sys::BlessTupleDesc(build());
+        pg_sys::MemoryContextSwitchTo(old);
+        desc
+    }
+
+    pub unsafe fn projection(
+        relid: pg_sys::Oid,
+        desc: pg_sys::TupleDesc,
+        cols: &Cols,
+    ) -> pg_sys::TupleDesc {
+        let key = (relid, cols.clone());
+        if let Some(d) = PROJECTIONS.with(|p| p.borrow().get(&key).copied()) {
+            return d;
+        }
+        let d = blessed(|| {
+            let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+            let picked: Vec<&pg_sys::FormData_pg_attribute> = attrs
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| cols.contains(*i))
+                .map(|(_, a)| a)
+                .collect();
+            let out = pg_sys::CreateTemplateTupleDesc(picked.len() as i32);
+            for (k, a) in picked.iter().enumerate() {
+                let n = (k + 1) as i16;
+                pg_sys::TupleDescInitEntry(
+                    out,
+                    n,
+                    a.attname.data.as_ptr(),
+                    a.atttypid,
+                    a.atttypmod,
+                    a.attndims,
+                );
+                pg_sys::TupleDescInitEntryCollation(out, n, a.attcollation);
+            }
+            out
+        });
+        PROJECTIONS.with(|p| p.borrow_mut().insert(key, d));
+        d
+    }
+
+    /// `{"name": to_jsonb(value), ...}` as one to_jsonb call on an outer record.
+    pub unsafe fn outer_json(parts: &[(&'static str, pg_sys::Datum)]) -> pg_sys::Datum {
+        let names: Vec<&'static str> = parts.iter().map(|p| p.0).collect();
+        let desc = match OUTERS.with(|o| o.borrow().get(&names).copied()) {
+            Some(d) => d,
+            None => {
+                let d = blessed(|| {
+                    let out = pg_sys::CreateTemplateTupleDesc(names.len() as i32);
+                    for (k, name) in names.iter().enumerate() {
+                        let c = std::ffi::CString::new(*name).unwrap();
+                        pg_sys::TupleDescInitEntry(
+                            out,
+                            (k + 1) as i16,
+                            c.as_ptr(),
+                            pg_sys::RECORDOID,
+                            -1,
+                            0,
+                        );
+                    }
+                    out
+                });
+                OUTERS.with(|o| o.borrow_mut().insert(names, d));
+                d
+            }
+        };
+        let mut values: Vec<pg_sys::Datum> = parts.iter().map(|p| p.1).collect();
+        let mut nulls = vec![false; values.len()];
+        let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        let datum = pg_sys::heap_copy_tuple_as_datum(tuple, desc);
+        json::to_jsonb(pg_sys::RECORDOID, pg_sys::Datum::from(datum))
+    }
+}
+
+/// Forget cached record shapes (called when the listener cache is invalidated).
+pub fn invalidate_shapes() {
+    shapes::invalidate();
 }
 
 /// Binary identity of two attribute values (as `datumIsEqual`): an unchanged TOASTed value
@@ -528,7 +700,6 @@ mod json {
     thread_local! {
         /// to_jsonb call info per row type, and jsonb_build_object per argument count.
         static TO_JSONB: RefCell<HashMap<pg_sys::Oid, *mut pg_sys::FmgrInfo>> = RefCell::new(HashMap::new());
-        static BUILD: RefCell<HashMap<usize, *mut pg_sys::FmgrInfo>> = RefCell::new(HashMap::new());
     }
 
     /// FmgrInfo for a polymorphic builtin, with a fake call expression that tells it the
@@ -587,53 +758,6 @@ mod json {
                 .or_insert_with(|| polymorphic(pg_sys::F_TO_JSONB, pg_sys::JSONBOID, &[row_type]))
         });
         call(info, &[row])
-    }
-
-    /// `{"k1": v1, ...}` from jsonb values.
-    pub unsafe fn object(pairs: &[(&str, pg_sys::Datum)]) -> pg_sys::Datum {
-        let n = pairs.len() * 2;
-        let info = BUILD.with(|m| {
-            *m.borrow_mut().entry(n).or_insert_with(|| {
-                let types: Vec<pg_sys::Oid> = (0..n)
-                    .map(|i| {
-                        if i % 2 == 0 {
-                            pg_sys::TEXTOID
-                        } else {
-                            pg_sys::JSONBOID
-                        }
-                    })
-                    .collect();
-                polymorphic(pg_sys::F_JSONB_BUILD_OBJECT_ANY, pg_sys::JSONBOID, &types)
-            })
-        });
-        let mut args = Vec::with_capacity(n);
-        for (k, v) in pairs {
-            args.push(k.into_datum().expect("text"));
-            args.push(*v);
-        }
-        call(info, &args)
-    }
-
-    /// `j - keys`.
-    pub unsafe fn without_keys(j: pg_sys::Datum, keys: &[String]) -> pg_sys::Datum {
-        let array = keys
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .into_datum()
-            .expect("array");
-        thread_local! {
-            static DELETE: std::cell::Cell<pg_sys::Oid> = const { std::cell::Cell::new(pg_sys::InvalidOid) };
-        }
-        let oid = DELETE.with(|c| {
-            if c.get() == pg_sys::InvalidOid {
-                c.set(pg_sys::fmgr_internal_function(
-                    c"jsonb_delete_array".as_ptr(),
-                ));
-            }
-            c.get()
-        });
-        pg_sys::OidFunctionCall2Coll(oid, pg_sys::DEFAULT_COLLATION_OID, j, array)
     }
 }
 

@@ -75,6 +75,7 @@ pub fn is_captured(relid: pg_sys::Oid) -> bool {
 
 /// Drop the cached listener set (relcache callback; never raises).
 pub fn invalidate_cache() {
+    crate::capture::invalidate_shapes();
     CACHE.with(|c| {
         if let Ok(mut c) = c.try_borrow_mut() {
             *c = None;
@@ -100,13 +101,13 @@ fn load() -> ListenerSet {
             let rows = client.select(
                 "SELECT l.id, l.handler::pg_catalog.oid, l.event_types, l.queue, q.id, l.sync,
                         l.owner::pg_catalog.oid, l.kind, l.tbl::pg_catalog.oid,
-                        (SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum)
+                        (SELECT pg_catalog.array_agg(a.attnum::int4 ORDER BY a.attnum)
                            FROM pg_catalog.pg_index i
                            JOIN pg_catalog.pg_attribute a
                              ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid
                             AND a.attnum OPERATOR(pg_catalog.=) ANY (i.indkey)
                           WHERE i.indrelid OPERATOR(pg_catalog.=) l.tbl::pg_catalog.oid AND i.indisprimary),
-                        (SELECT pg_catalog.array_agg(a.attname::text)
+                        (SELECT pg_catalog.array_agg(a.attnum::int4)
                            FROM pg_catalog.pg_attribute a
                           WHERE a.attrelid OPERATOR(pg_catalog.=) l.tbl::pg_catalog.oid
                             AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped
@@ -131,8 +132,12 @@ fn load() -> ListenerSet {
                             spec: crate::capture::DataSpec::from_items(
                                 &row.get::<Vec<String>>(3)?.unwrap_or_default(),
                             ),
-                            key: row.get::<Vec<String>>(10)?.unwrap_or_default(),
-                            hidden: row.get::<Vec<String>>(11)?.unwrap_or_default(),
+                            key: crate::capture::Cols::of(
+                                &row.get::<Vec<i32>>(10)?.unwrap_or_default(),
+                            ),
+                            hidden: crate::capture::Cols::of(
+                                &row.get::<Vec<i32>>(11)?.unwrap_or_default(),
+                            ),
                         }),
                         _ => None,
                     },
