@@ -412,10 +412,15 @@ async fn live_reconfiguration() {
         .collect();
     assert_eq!(sizes, [25, 25, 25, 25]);
 
-    // lookup size changed while the queue runs and has a backlog: the next lookups use it
-    db.batch_execute("UPDATE herald.event_queue SET event_run = 0 WHERE name = 'q';")
-        .await
-        .unwrap();
+    // lookup size changed while the queue is being drained: the next lookups use it
+    db.batch_execute(
+        "CREATE FUNCTION slow_record(e herald.event) RETURNS void LANGUAGE sql AS
+           $$ SELECT pg_sleep(0.002); SELECT record(e) $$;
+         UPDATE herald.event_queue SET event_run = 0 WHERE name = 'q';
+         SELECT herald.add_event_listener('slow_record', 'slow', queue => 'q');",
+    )
+    .await
+    .unwrap();
     wait_for(
         &db,
         "SELECT drainer IS NULL FROM herald.queue_status WHERE name = 'q'",
@@ -423,26 +428,51 @@ async fn live_reconfiguration() {
         "stopped",
     )
     .await;
-    produce(env.url(), 3, "x", 90, 90).await;
-    db.batch_execute("UPDATE herald.event_queue SET event_amount_per_lookup = 30, event_run = 1 WHERE name = 'q'")
+    produce(env.url(), 3, "slow", 600, 600).await;
+    db.batch_execute(
+        "UPDATE herald.event_queue SET event_amount_per_lookup = 5, event_run = 1 WHERE name = 'q'",
+    )
+    .await
+    .unwrap();
+    wait_for(
+        &db,
+        "SELECT count(*) >= 50 FROM handled WHERE producer = 3",
+        60,
+        "draining in lookups of 5",
+    )
+    .await;
+    db.batch_execute("UPDATE herald.event_queue SET event_amount_per_lookup = 40 WHERE name = 'q'")
         .await
         .unwrap();
     wait_for(
         &db,
-        "SELECT count(*) = 90 FROM handled WHERE producer = 3",
+        "SELECT count(*) = 600 FROM handled WHERE producer = 3",
         60,
         "drained",
     )
     .await;
-    assert_eq!(
-        count(
-            &db,
-            "SELECT max(c) FROM (SELECT count(*) c FROM handled WHERE producer = 3 GROUP BY xid) x"
+    let sizes: Vec<i64> = db
+        .query(
+            "SELECT count(*) FROM handled WHERE producer = 3 GROUP BY xid ORDER BY min(seq)",
+            &[],
         )
-        .await,
-        30
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let switch = sizes
+        .iter()
+        .position(|n| *n != 5)
+        .expect("the lookup size changed");
+    assert!(switch >= 10, "lookups of 5 before the change: {sizes:?}");
+    let after = &sizes[switch..sizes.len() - 1];
+    assert!(
+        !after.is_empty() && after.iter().all(|n| *n == 40),
+        "lookups of 40 after it: {sizes:?}"
     );
-    assert_exactly_once_in_order(&db, "q", 390).await;
+    assert!(*sizes.last().unwrap() <= 40);
+    assert_exactly_once_in_order(&db, "q", 900).await;
 }
 
 /// Events emitted while no coordinator runs, and across a server restart, are all handled
