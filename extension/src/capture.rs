@@ -375,7 +375,7 @@ pub unsafe extern "C-unwind" fn herald_capture(fcinfo: pg_sys::FunctionCallInfo)
     };
     let row = RowChange::new(rel, old, new);
     let mut event_id: Option<i64> = None;
-    let source = relation_name(rel);
+    let source = shapes::source_name(rel);
     let created_at = pg_sys::GetCurrentTransactionStartTimestamp();
     for l in table_listeners.iter() {
         let Some(info) = &l.data else { continue };
@@ -410,22 +410,13 @@ fn deliver(value: &EventValue, l: &Listener) {
     }
 }
 
-unsafe fn relation_name(rel: pg_sys::Relation) -> String {
-    let schema = pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace);
-    let name = (*(*rel).rd_rel).relname.data.as_ptr();
-    let q = |p: *const std::ffi::c_char| {
-        std::ffi::CStr::from_ptr(pg_sys::quote_identifier(p))
-            .to_string_lossy()
-            .into_owned()
-    };
-    format!("{}.{}", q(schema), q(name))
-}
-
 /// One row change seen by the trigger, with both rows deformed once.
 struct RowChange {
     rel: pg_sys::Relation,
     old: Option<Row>,
     new: Option<Row>,
+    /// All live columns of the table.
+    all: Cols,
 }
 
 struct Row {
@@ -455,34 +446,27 @@ impl RowChange {
         new: Option<pg_sys::HeapTuple>,
     ) -> RowChange {
         let desc = (*rel).rd_att;
+        let mut all = Cols::default();
+        for (i, a) in (*desc)
+            .attrs
+            .as_slice((*desc).natts as usize)
+            .iter()
+            .enumerate()
+        {
+            if !a.attisdropped {
+                all.insert(i);
+            }
+        }
         RowChange {
             rel,
             old: old.map(|t| Row::deform(t, desc)),
             new: new.map(|t| Row::deform(t, desc)),
+            all,
         }
     }
 
     fn desc(&self) -> pg_sys::TupleDesc {
         unsafe { (*self.rel).rd_att }
-    }
-
-    /// All live columns.
-    fn all_columns(&self) -> Cols {
-        let mut c = Cols::default();
-        unsafe {
-            let desc = self.desc();
-            for (i, a) in (*desc)
-                .attrs
-                .as_slice((*desc).natts as usize)
-                .iter()
-                .enumerate()
-            {
-                if !a.attisdropped {
-                    c.insert(i);
-                }
-            }
-        }
-        c
     }
 
     /// The `details` of one listener's event, or None when an UPDATE changed nothing it
@@ -493,7 +477,7 @@ impl RowChange {
         level: u8,
         info: &DataListenerInfo,
     ) -> Option<pg_sys::Datum> {
-        let visible = self.all_columns().minus(&info.hidden);
+        let visible = self.all.minus(&info.hidden);
         let parts: Vec<(&'static str, pg_sys::Datum)> = match (action, level) {
             (Action::Truncate, _) => vec![],
             (_, 1) => {
@@ -551,7 +535,7 @@ impl RowChange {
     /// nothing is left out).
     unsafe fn project(&self, row: &Row, cols: &Cols) -> pg_sys::Datum {
         let desc = self.desc();
-        if *cols == self.all_columns() {
+        if *cols == self.all {
             return pg_sys::Datum::from(pg_sys::heap_copy_tuple_as_datum(row.tuple, desc));
         }
         let shape = shapes::projection((*self.rel).rd_id, desc, cols);
@@ -576,12 +560,36 @@ mod shapes {
     use super::*;
 
     thread_local! {
+        static SOURCES: RefCell<HashMap<pg_sys::Oid, String>> = RefCell::new(HashMap::new());
         static PROJECTIONS: RefCell<HashMap<(pg_sys::Oid, Cols), pg_sys::TupleDesc>> = RefCell::new(HashMap::new());
         static OUTERS: RefCell<HashMap<Vec<&'static str>, pg_sys::TupleDesc>> = RefCell::new(HashMap::new());
     }
 
-    /// Forget projections (a table's columns changed). Never raises.
+    /// `schema.table`, quoted as needed: the `source` of a table's data events.
+    pub unsafe fn source_name(rel: pg_sys::Relation) -> String {
+        let relid = (*rel).rd_id;
+        if let Some(name) = SOURCES.with(|s| s.borrow().get(&relid).cloned()) {
+            return name;
+        }
+        let schema = pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace);
+        let name = (*(*rel).rd_rel).relname.data.as_ptr();
+        let q = |p: *const std::ffi::c_char| {
+            std::ffi::CStr::from_ptr(pg_sys::quote_identifier(p))
+                .to_string_lossy()
+                .into_owned()
+        };
+        let source = format!("{}.{}", q(schema), q(name));
+        SOURCES.with(|s| s.borrow_mut().insert(relid, source.clone()));
+        source
+    }
+
+    /// Forget projections and names (a table was altered or renamed). Never raises.
     pub fn invalidate() {
+        SOURCES.with(|s| {
+            if let Ok(mut s) = s.try_borrow_mut() {
+                s.clear();
+            }
+        });
         PROJECTIONS.with(|p| {
             if let Ok(mut p) = p.try_borrow_mut() {
                 p.clear(); // the blessed descriptors stay registered; a few bytes per shape

@@ -139,6 +139,24 @@ pub fn herald_bin() -> PathBuf {
     bin
 }
 
+/// `event_run = 0`, then wait until no coordinator holds the queue any more.
+pub async fn stop_queue(client: &Client, queue: &str) {
+    client
+        .execute(
+            "UPDATE herald.event_queue SET event_run = 0 WHERE name = $1",
+            &[&queue],
+        )
+        .await
+        .expect("stop the queue");
+    wait_for(
+        client,
+        &format!("SELECT drainer IS NULL FROM herald.queue_status WHERE name = '{queue}'"),
+        30,
+        "the drainer lets go of a stopped queue",
+    )
+    .await;
+}
+
 /// Poll `sql` (returning one boolean; NULL counts as false) until true; panic with `what` after `seconds`.
 pub async fn wait_for(client: &Client, sql: &str, seconds: u64, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -208,32 +226,24 @@ pub async fn assert_exactly_once_in_order(client: &Client, queue: &str, expected
     let (total, distinct): (i64, i64) = (row.get(0), row.get(1));
     assert_eq!(distinct, expected, "queue {queue}: every event handled");
     assert_eq!(total, expected, "queue {queue}: no event handled twice");
-    let out_of_order: i64 = client
+    // Along each producer's stream (in handling order) both its own counter n and the
+    // event ids must increase.
+    let row = client
         .query_one(
-            "SELECT count(*) FROM (
-                 SELECT n, lag(n) OVER (PARTITION BY producer ORDER BY seq) AS prev
-                   FROM handled WHERE queue = $1) x
-              WHERE n <= prev",
+            "SELECT count(*) FILTER (WHERE n <= prev_n), count(*) FILTER (WHERE event_id <= prev_id)
+               FROM (SELECT n, event_id,
+                            lag(n) OVER w AS prev_n, lag(event_id) OVER w AS prev_id
+                       FROM handled WHERE queue = $1
+                     WINDOW w AS (PARTITION BY producer ORDER BY seq)) x",
             &[&queue],
         )
         .await
-        .unwrap()
-        .get(0);
+        .unwrap();
+    let (out_of_order, by_id_order): (i64, i64) = (row.get(0), row.get(1));
     assert_eq!(
         out_of_order, 0,
         "queue {queue}: each producer's events in emission order"
     );
-    let by_id_order: i64 = client
-        .query_one(
-            "SELECT count(*) FROM (
-                 SELECT event_id, lag(event_id) OVER (PARTITION BY producer ORDER BY seq) AS prev
-                   FROM handled WHERE queue = $1) x
-              WHERE event_id <= prev",
-            &[&queue],
-        )
-        .await
-        .unwrap()
-        .get(0);
     assert_eq!(
         by_id_order, 0,
         "queue {queue}: event ids increase along each producer's stream"

@@ -371,16 +371,7 @@ async fn live_reconfiguration() {
     assert_eq!(max_per_lookup, 7);
 
     // stop it while running
-    db.batch_execute("UPDATE herald.event_queue SET event_run = 0 WHERE name = 'q'")
-        .await
-        .unwrap();
-    wait_for(
-        &db,
-        "SELECT drainer IS NULL FROM herald.queue_status WHERE name = 'q'",
-        30,
-        "drainer lets go",
-    )
-    .await;
+    stop_queue(&db, "q").await;
     produce(env.url(), 2, "x", 100, 100).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
@@ -416,18 +407,11 @@ async fn live_reconfiguration() {
     db.batch_execute(
         "CREATE FUNCTION slow_record(e herald.event) RETURNS void LANGUAGE sql AS
            $$ SELECT pg_sleep(0.002); SELECT record(e) $$;
-         UPDATE herald.event_queue SET event_run = 0 WHERE name = 'q';
          SELECT herald.add_event_listener('slow_record', 'slow', queue => 'q');",
     )
     .await
     .unwrap();
-    wait_for(
-        &db,
-        "SELECT drainer IS NULL FROM herald.queue_status WHERE name = 'q'",
-        30,
-        "stopped",
-    )
-    .await;
+    stop_queue(&db, "q").await;
     produce(env.url(), 3, "slow", 600, 600).await;
     db.batch_execute(
         "UPDATE herald.event_queue SET event_amount_per_lookup = 5, event_run = 1 WHERE name = 'q'",
