@@ -113,6 +113,7 @@ BEGIN
                            WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objsubid = 0);
     IF gone IS NOT NULL THEN
         DELETE FROM herald.event e WHERE e.listener = ANY (gone);
+        DELETE FROM herald.session_event e WHERE e.listener = ANY (gone);
         DELETE FROM herald.listener l WHERE l.id = ANY (gone);
     END IF;
 END

@@ -69,10 +69,11 @@ CREATE TABLE herald.listener (
     delivery    text GENERATED ALWAYS AS (
         CASE WHEN sync THEN 'sync' WHEN queue IS NOT NULL THEN 'queue' ELSE 'session' END) STORED,
     owner       regrole NOT NULL DEFAULT (CURRENT_USER)::regrole,
-    session_pid integer,
+    session_pid integer,       -- session listeners: the owning backend's pid ...
     created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
     CONSTRAINT listener_sync_or_queue CHECK (NOT (sync AND queue IS NOT NULL)),
-    tbl         regclass   -- data listeners: the captured table
+    tbl         regclass,      -- data listeners: the captured table
+    session_start timestamptz  -- ... and its start time (pid and start name one session)
 );
 CREATE INDEX listener_queue_idx ON herald.listener (queue);
 CREATE INDEX listener_tbl_idx ON herald.listener (tbl);
@@ -121,3 +122,31 @@ CREATE INDEX event_log_queue_idx ON herald.event_log (queue, event_id);
 COMMENT ON TABLE herald.event_log IS
     'What happened to events: failures (event_log_level >= 1), every handled event (>= 2), '
     'with details (3); operator retries and skips are always recorded.';
+
+------------------------------------------------------------------------------------------
+-- Session listeners (neither queue nor sync) belong to the session that registered them
+-- and are read with herald.next_event(). Both tables are UNLOGGED: crash recovery empties
+-- them, and a crash ends every session anyway. A listener whose session has no row here
+-- is dead: producers skip it and the next registration removes it.
+------------------------------------------------------------------------------------------
+CREATE UNLOGGED TABLE herald.session (
+    pid           integer     NOT NULL,
+    backend_start timestamptz NOT NULL,
+    role          regrole     NOT NULL,
+    PRIMARY KEY (pid, backend_start)
+);
+COMMENT ON TABLE herald.session IS
+    'Sessions that own session listeners; a row disappears when its session ends.';
+
+CREATE UNLOGGED TABLE herald.session_event (
+    listener   bigint      NOT NULL,
+    id         bigint      NOT NULL,
+    type       text        NOT NULL,
+    action     text        NOT NULL,
+    source     text,
+    details    jsonb       NOT NULL DEFAULT '{}',
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (listener, id)
+);
+COMMENT ON TABLE herald.session_event IS
+    'Unread events of session listeners, taken in id order by herald.next_event().';

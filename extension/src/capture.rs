@@ -14,7 +14,7 @@ use crate::catalog;
 use crate::dispatch::EventValue;
 use crate::errors::{self, raise};
 use crate::events;
-use crate::listeners::{self, Listener};
+use crate::listeners;
 
 /// What a data listener asked for, per action: 0 off, 1 key, 2 changes, 3 full rows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -253,13 +253,6 @@ fn add_data_listener(
         );
     }
     listeners::check_delivery(queue, sync);
-    if queue.is_none() && !sync {
-        raise(
-            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
-            "session listeners (neither queue nor sync) are not available in this version",
-            Some("Pass queue => 'MyEventQueue' or sync => true.".into()),
-        );
-    }
     let id = listeners::insert_listener("data", handler_oid, &spec.items(), queue, sync, Some(tbl));
     ensure_trigger(tbl);
     id
@@ -303,6 +296,18 @@ pub fn drop_trigger_if_unused(tbl: pg_sys::Oid) {
             )));
         }
     });
+}
+
+/// As `drop_trigger_if_unused`, but never waits for a lock on the table: a session that is
+/// ending must not hang behind a long transaction. A trigger left behind costs one cache
+/// lookup per row and goes with the next registration's clean-up or removal.
+pub fn drop_trigger_if_unused_nowait(tbl: pg_sys::Oid) {
+    let locked = unsafe {
+        pg_sys::ConditionalLockRelationOid(tbl, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE)
+    };
+    if locked {
+        drop_trigger_if_unused(tbl);
+    }
 }
 
 /// The table's name, schema-qualified and quoted as needed.
@@ -397,17 +402,9 @@ pub unsafe extern "C-unwind" fn herald_capture(fcinfo: pg_sys::FunctionCallInfo)
             created_at,
             listener: l.id,
         };
-        deliver(&value, l);
+        events::deliver(&value, l);
     }
     pg_sys::Datum::from(0)
-}
-
-fn deliver(value: &EventValue, l: &Listener) {
-    if l.queue.is_some() {
-        events::enqueue(value, l);
-    } else if l.sync {
-        events::deliver_sync(value, l);
-    }
 }
 
 /// One row change seen by the trigger, with both rows deformed once.

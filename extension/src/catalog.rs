@@ -24,6 +24,7 @@ pub struct Oids {
     pub event_type: pg_sys::Oid,
     pub listener_rel: pg_sys::Oid,
     pub event_rel: pg_sys::Oid,
+    pub session_event_rel: pg_sys::Oid,
 }
 
 /// Look up (once) the oids of Herald's objects.
@@ -37,14 +38,15 @@ pub fn oids() -> Oids {
             "SELECT e.extowner, 'herald.event_id_seq'::pg_catalog.regclass::pg_catalog.oid,
                     'herald.event'::pg_catalog.regtype::pg_catalog.oid,
                     'herald.listener'::pg_catalog.regclass::pg_catalog.oid,
-                    'herald.event'::pg_catalog.regclass::pg_catalog.oid
+                    'herald.event'::pg_catalog.regclass::pg_catalog.oid,
+                    'herald.session_event'::pg_catalog.regclass::pg_catalog.oid
                FROM pg_catalog.pg_extension e
               WHERE e.extname OPERATOR(pg_catalog.=) 'herald'",
             Some(1),
             &[],
         )?;
         if table.is_empty() {
-            return Ok((None, None, None, None, None));
+            return Ok((None, None, None, None, None, None));
         }
         let row = table.first();
         Ok::<_, pgrx::spi::SpiError>((
@@ -53,18 +55,25 @@ pub fn oids() -> Oids {
             row.get::<pg_sys::Oid>(3)?,
             row.get::<pg_sys::Oid>(4)?,
             row.get::<pg_sys::Oid>(5)?,
+            row.get::<pg_sys::Oid>(6)?,
         ))
     }));
     let oids = match row {
-        (Some(owner), Some(event_seq), Some(event_type), Some(listener_rel), Some(event_rel)) => {
-            Oids {
-                owner,
-                event_seq,
-                event_type,
-                listener_rel,
-                event_rel,
-            }
-        }
+        (
+            Some(owner),
+            Some(event_seq),
+            Some(event_type),
+            Some(listener_rel),
+            Some(event_rel),
+            Some(session_event_rel),
+        ) => Oids {
+            owner,
+            event_seq,
+            event_type,
+            listener_rel,
+            event_rel,
+            session_event_rel,
+        },
         _ => errors::raise(
             pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "extension \"herald\" is not installed in this database",
@@ -105,7 +114,7 @@ unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys
             } else if crate::listeners::is_captured(relid) {
                 // columns, keys or privileges of a captured table changed
                 crate::listeners::invalidate_cache();
-            } else if relid == oids.event_rel {
+            } else if relid == oids.event_rel || relid == oids.session_event_rel {
                 // herald.event changed shape (or the extension was dropped): look everything up again.
                 reset();
             }

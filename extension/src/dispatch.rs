@@ -270,6 +270,13 @@ pub fn call_in_subtransaction(
     )
 }
 
+/// Call `handler(event)` as `run_as` in the caller's (sub)transaction: an error reaches the
+/// caller and rolls back whatever the caller's transaction did (session delivery).
+pub fn call_direct(handler: pg_sys::Oid, event: pg_sys::Datum, run_as: pg_sys::Oid) {
+    let info = Handlers::default().info(handler);
+    catalog::as_user(run_as, || unsafe { invoke(info, event) });
+}
+
 /// Run `f` in an internal subtransaction (the way PL/pgSQL runs an EXCEPTION block).
 fn in_subtransaction<F: FnOnce()>(f: F) -> Result<(), HandlerError> {
     unsafe {

@@ -90,13 +90,25 @@ pub fn emit(r#type: &str, action: &str, details: pg_sys::Datum) -> i64 {
         created_at: unsafe { pg_sys::GetCurrentTransactionStartTimestamp() },
         listener: 0,
     };
-    for l in listeners.iter().filter(|l| l.queue.is_some()) {
-        enqueue(&event, l);
+    // Stored deliveries first, then synchronous handlers (which may emit events themselves).
+    for l in listeners.iter().filter(|l| !l.sync) {
+        deliver(&event, l);
     }
     for l in listeners.iter().filter(|l| l.sync) {
         deliver_sync(&event, l);
     }
     id
+}
+
+/// Deliver one event to one listener, the way the listener asked for.
+pub fn deliver(event: &EventValue, l: &Listener) {
+    if l.queue.is_some() {
+        enqueue(event, l);
+    } else if l.sync {
+        deliver_sync(event, l);
+    } else if let Some(pid) = l.session_pid {
+        to_session(event, l, pid);
+    }
 }
 
 /// A new event id. The caller's transaction must already have its xid (see `emit`).
@@ -116,19 +128,32 @@ pub fn enqueue(event: &EventValue, l: &Listener) {
         created_at: event.created_at,
         listener: l.id,
     };
-    insert_row(&row);
+    insert_row(catalog::oids().event_rel, &row);
     if let Some(queue_id) = l.queue_id {
         wakeup::wake_at_commit(queue_id);
     }
 }
 
-/// Insert one row into `herald.event` directly: heap insert plus index entries, without an
-/// executor round. This is on every producer's write path (emit and the capture trigger),
-/// and herald.event is Herald's own table: no triggers, rules, policies or constraints
-/// beyond its primary key (checked by the unique index insertion) and NOT NULLs (always
-/// supplied here).
-fn insert_row(row: &EventValue) {
-    let rel_oid = catalog::oids().event_rel;
+/// Store the event for a session listener and wake its session at commit.
+fn to_session(event: &EventValue, l: &Listener, pid: i32) {
+    let row = EventValue {
+        queue: None,
+        listener: l.id,
+        r#type: event.r#type.clone(),
+        action: event.action.clone(),
+        source: event.source.clone(),
+        ..*event
+    };
+    insert_row(catalog::oids().session_event_rel, &row);
+    wakeup::wake_backend_at_commit(pid);
+}
+
+/// Insert one row into `herald.event` or `herald.session_event` directly: heap insert plus
+/// index entries, without an executor round. This is on every producer's write path (emit
+/// and the capture trigger), and both are Herald's own tables: no triggers, rules, policies
+/// or constraints beyond their primary key (checked by the unique index insertion) and NOT
+/// NULLs (always supplied here).
+fn insert_row(rel_oid: pg_sys::Oid, row: &EventValue) {
     unsafe {
         let rel = pg_sys::table_open(rel_oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
         let desc = (*rel).rd_att;

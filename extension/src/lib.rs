@@ -4,6 +4,7 @@
 //! - [`events`]: `herald.emit` and delivery of one event to its listeners
 //! - [`capture`]: data-change capture (`herald.add_data_listener`, the capture trigger)
 //! - [`listeners`]: registration, handler checks and the per-backend listener cache
+//! - [`sessions`]: session listeners, `herald.next_event`, clean-up when a session ends
 //! - [`queues`]: draining a queue (`herald.drain`), waiting for work, resuming held queues
 //! - [`dispatch`]: building `herald.event` values and calling handlers in subtransactions
 //! - [`wakeup`]: waking a queue's drainer at commit without NOTIFY
@@ -19,12 +20,15 @@ mod events;
 mod listeners;
 mod plans;
 mod queues;
+mod sessions;
 mod wakeup;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
 #[cfg(any(test, feature = "pg_test"))]
 mod tests_capture;
+#[cfg(any(test, feature = "pg_test"))]
+mod tests_sessions;
 
 ::pgrx::pg_module_magic!(name, version);
 

@@ -24,6 +24,8 @@ pub struct Listener {
     pub queue: Option<String>,
     pub queue_id: Option<i32>,
     pub sync: bool,
+    /// For session listeners: the pid of the owning backend (woken at commit).
+    pub session_pid: Option<i32>,
     pub owner: pg_sys::Oid,
     /// For data listeners: what to capture and how to shape it.
     pub data: Option<crate::capture::DataListenerInfo>,
@@ -112,9 +114,14 @@ fn load() -> ListenerSet {
                           WHERE a.attrelid OPERATOR(pg_catalog.=) l.tbl::pg_catalog.oid
                             AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped
                             AND NOT pg_catalog.has_column_privilege(l.owner::pg_catalog.oid,
-                                    l.tbl::pg_catalog.oid, a.attnum, 'SELECT'))
+                                    l.tbl::pg_catalog.oid, a.attnum, 'SELECT')),
+                        l.session_pid
                    FROM herald.listener l
                    LEFT JOIN herald.event_queue q ON q.name OPERATOR(pg_catalog.=) l.queue
+                  WHERE l.delivery OPERATOR(pg_catalog.<>) 'session'
+                     OR EXISTS (SELECT 1 FROM herald.session s
+                                 WHERE s.pid OPERATOR(pg_catalog.=) l.session_pid
+                                   AND s.backend_start OPERATOR(pg_catalog.=) l.session_start)
                   ORDER BY l.id",
                 None,
                 &[],
@@ -126,6 +133,7 @@ fn load() -> ListenerSet {
                     queue: row.get::<String>(4)?,
                     queue_id: row.get::<i32>(5)?,
                     sync: row.get::<bool>(6)?.unwrap_or(false),
+                    session_pid: row.get::<i32>(12)?,
                     owner: row.get::<pg_sys::Oid>(7)?.unwrap_or(pg_sys::InvalidOid),
                     data: match row.get::<String>(8)?.as_deref() {
                         Some("data") => Some(crate::capture::DataListenerInfo {
@@ -332,19 +340,24 @@ pub fn insert_listener(
     tbl: Option<pg_sys::Oid>,
 ) -> i64 {
     let owner = catalog::current_user();
-    let pid = if queue.is_none() && !sync {
-        Some(unsafe { pg_sys::MyProcPid })
+    crate::sessions::collect_garbage();
+    let session = if queue.is_none() && !sync {
+        Some(crate::sessions::join())
     } else {
         None
     };
+    let pid = session.map(|s| s.pid);
+    let start = session.and_then(|s| pgrx::datum::TimestampWithTimeZone::try_from(s.start).ok());
     let types: Vec<&str> = event_types.iter().map(String::as_str).collect();
     let id = catalog::as_owner(|| {
         errors::spi(Spi::connect_mut(|client| {
             client
                 .update(
-                    "INSERT INTO herald.listener (kind, handler, event_types, queue, sync, owner, session_pid, tbl)
+                    "INSERT INTO herald.listener (kind, handler, event_types, queue, sync, owner,
+                                                  session_pid, tbl, session_start)
                      VALUES ($1, $2::pg_catalog.oid::pg_catalog.regprocedure, $3, $4, $5,
-                             $6::pg_catalog.oid::pg_catalog.regrole, $7, $8::pg_catalog.oid::pg_catalog.regclass)
+                             $6::pg_catalog.oid::pg_catalog.regrole, $7,
+                             $8::pg_catalog.oid::pg_catalog.regclass, $9)
                      RETURNING id",
                     // No row limit: a limited INSERT ... RETURNING never completes its
                     // ModifyTable node, so AFTER STATEMENT triggers would not fire.
@@ -358,6 +371,7 @@ pub fn insert_listener(
                         owner.into(),
                         pid.into(),
                         tbl.into(),
+                        start.into(),
                     ],
                 )?
                 .first()
@@ -396,17 +410,10 @@ fn add_event_listener(
     let handler_oid = resolve_handler(handler);
     let types = parse_event_types(event_types);
     check_delivery(queue, sync);
-    if queue.is_none() && !sync {
-        crate::errors::raise(
-            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
-            "session listeners (neither queue nor sync) are not available in this version",
-            Some("Pass queue => 'MyEventQueue' or sync => true.".into()),
-        );
-    }
     insert_listener("event", handler_oid, &types, queue, sync, None)
 }
 
-/// `herald.remove_listener(id)`: remove a listener and its pending queued events.
+/// `herald.remove_listener(id)`: remove a listener and its pending events.
 #[pg_extern(volatile, parallel_unsafe)]
 fn remove_listener(id: Option<i64>) {
     let id = errors::required(id, "listener id");
@@ -450,6 +457,10 @@ fn remove_listener(id: Option<i64>) {
     catalog::as_owner(|| {
         errors::spi(Spi::run_with_args(
             "DELETE FROM herald.event e WHERE e.listener OPERATOR(pg_catalog.=) $1",
+            &[id.into()],
+        ));
+        errors::spi(Spi::run_with_args(
+            "DELETE FROM herald.session_event e WHERE e.listener OPERATOR(pg_catalog.=) $1",
             &[id.into()],
         ));
         errors::spi(Spi::run_with_args(

@@ -1,4 +1,5 @@
-//! Waking a queue's drainer when new work commits, without NOTIFY.
+//! Waking a queue's drainer (or a session waiting in `herald.next_event`) when new work
+//! commits, without NOTIFY.
 //!
 //! The coordinator that drains a queue holds a session-level advisory lock on it
 //! (`herald.claim_queue`), and waits for work inside `herald.await_events`, which sleeps on
@@ -11,6 +12,9 @@
 //! snapshot, then sleeps. A producer whose commit the check missed commits after the check
 //! started, so it finds the drainer inside `await_events` (holding the lock and in a
 //! transaction) and sets the latch, which makes the sleep return at once.
+//!
+//! Session listeners are woken the same way, addressed by the owning backend's pid (a
+//! session listener has exactly one reader: the session that registered it).
 use pgrx::prelude::*;
 use pgrx::{register_xact_callback, PgXactCallbackEvent};
 use std::cell::RefCell;
@@ -18,8 +22,17 @@ use std::cell::RefCell;
 /// Advisory lock class of all Herald locks: "HRLD".
 pub const LOCK_CLASS: u32 = 1213353028;
 
+/// Who to wake at commit.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Target {
+    /// The drainer of the queue with this id.
+    Queue(i32),
+    /// The backend with this pid (the owner of a session listener).
+    Backend(i32),
+}
+
 thread_local! {
-    static PENDING: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
+    static PENDING: RefCell<Vec<Target>> = const { RefCell::new(Vec::new()) };
 }
 
 // Not in pgrx's bindings; exported by the server (storage/sinvaladt.h) in PG 13-16.
@@ -31,21 +44,33 @@ unsafe extern "C" {
 
 /// Wake the drainer of queue `queue_id` when (and only if) the current transaction commits.
 pub fn wake_at_commit(queue_id: i32) {
+    wake_target_at_commit(Target::Queue(queue_id));
+}
+
+/// Wake the backend with `pid` when (and only if) the current transaction commits.
+pub fn wake_backend_at_commit(pid: i32) {
+    wake_target_at_commit(Target::Backend(pid));
+}
+
+fn wake_target_at_commit(target: Target) {
     PENDING.with(|pending| {
         let mut pending = pending.borrow_mut();
         if pending.is_empty() {
             register_xact_callback(PgXactCallbackEvent::Commit, || {
-                let queues = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
-                for queue in queues {
-                    wake_now(queue);
+                let targets = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+                for target in targets {
+                    match target {
+                        Target::Queue(queue) => wake_now(queue),
+                        Target::Backend(pid) => wake_backend(pid),
+                    }
                 }
             });
             register_xact_callback(PgXactCallbackEvent::Abort, || {
                 PENDING.with(|p| p.borrow_mut().clear());
             });
         }
-        if !pending.contains(&queue_id) {
-            pending.push(queue_id);
+        if !pending.contains(&target) {
+            pending.push(target);
         }
     });
 }
@@ -72,6 +97,16 @@ fn wake_now(queue_id: i32) {
             if !proc.is_null() {
                 pg_sys::SetLatch(&mut (*proc).procLatch);
             }
+        }
+    }
+}
+
+/// Set the latch of the backend with `pid`, if it still exists.
+fn wake_backend(pid: i32) {
+    unsafe {
+        let proc = pg_sys::BackendPidGetProc(pid);
+        if !proc.is_null() {
+            pg_sys::SetLatch(&mut (*proc).procLatch);
         }
     }
 }
