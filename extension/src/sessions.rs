@@ -162,7 +162,8 @@ fn leave() {
 }
 
 /// `before_shmem_exit` callback: leave in a transaction of its own, as the server does for
-/// temporary tables. Failures are logged; the next registration cleans up instead.
+/// temporary tables. An error here ends the (already ending) process with a FATAL message in
+/// the server log, and the next registration's clean-up removes what was left.
 #[pg_guard]
 unsafe extern "C-unwind" fn on_exit(_code: std::ffi::c_int, _arg: pg_sys::Datum) {
     if pg_sys::MyDatabaseId == pg_sys::InvalidOid {
@@ -170,27 +171,16 @@ unsafe extern "C-unwind" fn on_exit(_code: std::ffi::c_int, _arg: pg_sys::Datum)
     }
     pg_sys::AbortOutOfAnyTransaction();
     pg_sys::StartTransactionCommand();
-    let done = PgTryBuilder::new(|| {
-        let installed = Spi::get_one::<bool>(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension
-                             WHERE extname OPERATOR(pg_catalog.=) 'herald')",
-        );
-        if installed == Ok(Some(true)) {
-            leave();
-        }
-        true
-    })
-    .catch_others(|e| {
-        let message = dispatch::HandlerError::from(e).text();
-        pgrx::log!("herald: could not remove the session listeners of this session: {message}");
-        false
-    })
-    .execute();
-    if done {
-        pg_sys::CommitTransactionCommand();
-    } else {
-        pg_sys::AbortCurrentTransaction();
+    pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    let installed = Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension
+                         WHERE extname OPERATOR(pg_catalog.=) 'herald')",
+    );
+    if installed == Ok(Some(true)) {
+        leave();
     }
+    pg_sys::PopActiveSnapshot();
+    pg_sys::CommitTransactionCommand();
 }
 
 /// A session listener as `next_event` needs it.

@@ -3,14 +3,16 @@
 -- the roles must exist (CREATE ROLE ... LOGIN). The end-to-end test runs this file as is.
 
 -- 1. Applications that emit events and register listeners for their own handlers.
---    Listener handlers run as the role that registered them (queued delivery) or as the
---    producing session's role (sync delivery). A role may only register handlers it may
---    EXECUTE, and only remove its own listeners.
+--    Listener handlers run as the role that registered them (queued and session delivery)
+--    or as the producing session's role (sync delivery). A role may only register handlers
+--    it may EXECUTE, only remove its own listeners, and only read (next_event) the session
+--    listeners of its own session.
 GRANT USAGE ON SCHEMA herald TO herald_app;
 GRANT EXECUTE ON FUNCTION herald.emit(text, text, jsonb) TO herald_app;
 GRANT EXECUTE ON FUNCTION herald.add_event_listener(text, text, text, boolean),
                           herald.add_data_listener(regclass, text, text, text, boolean),
-                          herald.remove_listener(bigint) TO herald_app;
+                          herald.remove_listener(bigint),
+                          herald.next_event(bigint, interval, boolean) TO herald_app;
 GRANT SELECT ON herald.listener TO herald_app;
 
 -- 2. Operators who create, tune, start, stop and resume queues, and read the log.

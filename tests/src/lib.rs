@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-pub use herald_coordinator::cluster::{ClusterOptions, PgCluster};
+pub use herald_coordinator::cluster::{find_bindir, ClusterOptions, PgCluster};
 use tokio_postgres::Client;
 
 /// A private cluster with `CREATE EXTENSION herald` done in database `postgres`.

@@ -83,6 +83,56 @@ async fn non_superuser_setup_works_and_is_confined() {
         "the handler ran as the listener's owner, and source names the emitting role"
     );
 
+    // a session listener of the app: handled as its owner, gone with the app's session
+    let session: i64 = app
+        .query_one(
+            "SELECT herald.add_event_listener('app.on_invoice', 'invoice')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    app.execute("SELECT herald.emit('invoice', 'for the session')", &[])
+        .await
+        .unwrap();
+    let row = app
+        .query_one("SELECT (herald.next_event($1, '10 s')).action", &[&session])
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Option<String>>(0).as_deref(),
+        Some("for the session")
+    );
+    // once by the session, once through the app's queue listener
+    wait_for(
+        &admin,
+        "SELECT count(*) = 22 FROM app.seen WHERE handled_as = 'herald_app'",
+        30,
+        "the session's handler and the queue's handler",
+    )
+    .await;
+    denied(&app, "SELECT * FROM herald.session_event").await;
+    let short = connect(&as_role("herald_app")).await;
+    let gone: i64 = short
+        .query_one(
+            "SELECT herald.add_event_listener('app.on_invoice', 'invoice')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    drop(short);
+    wait_for(
+        &admin,
+        &format!("SELECT NOT EXISTS (SELECT 1 FROM herald.listener WHERE id = {gone})"),
+        30,
+        "an unprivileged session's listener to go with it",
+    )
+    .await;
+    app.batch_execute(&format!("SELECT herald.remove_listener({session})"))
+        .await
+        .unwrap();
+
     // confinement: each role can do its job and no more
     denied(&app, "SELECT * FROM herald.drain('app_queue')").await;
     denied(&app, "UPDATE herald.event_queue SET event_run = 0").await;

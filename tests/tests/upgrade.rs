@@ -57,30 +57,13 @@ async fn catalog(client: &tokio_postgres::Client) -> Vec<String> {
         .collect()
 }
 
+/// The releases whose install scripts `make install` copies from sql/releases.
+const RELEASES: &[&str] = &["0.1.0", "0.2.0"];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upgrading_from_0_1_0_equals_a_fresh_install() {
+async fn upgrading_from_every_release_equals_a_fresh_install() {
     let (env, fresh) = Env::start().await;
-    fresh
-        .batch_execute("CREATE DATABASE upgraded")
-        .await
-        .unwrap();
-    let upgraded = connect(&env.cluster.url("upgraded")).await;
-    upgraded
-        .batch_execute("CREATE EXTENSION herald VERSION '0.1.0'")
-        .await
-        .expect("the 0.1.0 install script is installed (make install copies sql/releases)");
-    upgraded
-        .batch_execute("ALTER EXTENSION herald UPDATE")
-        .await
-        .expect("upgrade");
-    let version: String = upgraded
-        .query_one(
-            "SELECT extversion FROM pg_extension WHERE extname = 'herald'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let expected = catalog(&fresh).await;
     let current: String = fresh
         .query_one(
             "SELECT extversion FROM pg_extension WHERE extname = 'herald'",
@@ -89,38 +72,82 @@ async fn upgrading_from_0_1_0_equals_a_fresh_install() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, current);
-    let (a, b) = (catalog(&fresh).await, catalog(&upgraded).await);
-    let only_fresh: Vec<_> = a.iter().filter(|l| !b.contains(l)).collect();
-    let only_upgraded: Vec<_> = b.iter().filter(|l| !a.contains(l)).collect();
-    assert!(
-        only_fresh.is_empty() && only_upgraded.is_empty(),
-        "fresh install and upgrade differ\nonly in fresh:\n  {}\nonly in upgraded:\n  {}",
-        only_fresh
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join("\n  "),
-        only_upgraded
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join("\n  ")
-    );
-    // and the upgraded database works
-    upgraded
-        .batch_execute(
-            "CREATE TABLE t (id int PRIMARY KEY);
-             CREATE TABLE seen (id int);
-             CREATE FUNCTION rec(e herald.event) RETURNS void LANGUAGE sql AS
-               $$ INSERT INTO seen VALUES ((e.details->'new'->>'id')::int) $$;
-             SELECT herald.add_data_listener('t', 'rec', sync => true);
-             INSERT INTO t VALUES (42);",
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        count(&upgraded, "SELECT count(*) FROM seen WHERE id = 42").await,
-        1
-    );
+    for release in RELEASES {
+        let db = format!("from_{}", release.replace('.', "_"));
+        fresh
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .await
+            .unwrap();
+        let upgraded = connect(&env.cluster.url(&db)).await;
+        upgraded
+            .batch_execute(&format!("CREATE EXTENSION herald VERSION '{release}'"))
+            .await
+            .unwrap_or_else(|e| {
+                panic!("the {release} install script is installed (make install copies sql/releases): {e}")
+            });
+        upgraded
+            .batch_execute("ALTER EXTENSION herald UPDATE")
+            .await
+            .unwrap_or_else(|e| panic!("upgrade from {release}: {e}"));
+        let version: String = upgraded
+            .query_one(
+                "SELECT extversion FROM pg_extension WHERE extname = 'herald'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(version, current, "upgrade from {release}");
+        let got = catalog(&upgraded).await;
+        let only_fresh: Vec<_> = expected.iter().filter(|l| !got.contains(l)).collect();
+        let only_upgraded: Vec<_> = got.iter().filter(|l| !expected.contains(l)).collect();
+        assert!(
+            only_fresh.is_empty() && only_upgraded.is_empty(),
+            "fresh install and upgrade from {release} differ\nonly in fresh:\n  {}\nonly in upgraded:\n  {}",
+            only_fresh
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n  "),
+            only_upgraded
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        );
+        // and the upgraded database works: data capture and a session listener
+        upgraded
+            .batch_execute(
+                "CREATE TABLE t (id int PRIMARY KEY);
+                 CREATE TABLE seen (id int);
+                 CREATE FUNCTION rec(e herald.event) RETURNS void LANGUAGE sql AS
+                   $$ INSERT INTO seen VALUES ((e.details->'new'->>'id')::int) $$;
+                 SELECT herald.add_data_listener('t', 'rec', sync => true);
+                 INSERT INTO t VALUES (42);",
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            count(&upgraded, "SELECT count(*) FROM seen WHERE id = 42").await,
+            1
+        );
+        let row = upgraded
+            .query_one(
+                "WITH l AS (SELECT herald.add_data_listener('t', 'rec') AS id)
+                 SELECT l.id FROM l",
+                &[],
+            )
+            .await
+            .unwrap();
+        let id: i64 = row.get(0);
+        upgraded
+            .batch_execute("INSERT INTO t VALUES (43)")
+            .await
+            .unwrap();
+        let row = upgraded
+            .query_one("SELECT (herald.next_event($1, '5 s')).action", &[&id])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some("INSERT"));
+    }
 }
