@@ -3,8 +3,9 @@
 //! The first data listener on a table creates one row trigger (`herald_capture`) and one
 //! TRUNCATE trigger (`herald_capture_truncate`) on it; removing the last listener drops them.
 //! The trigger is a plain C-convention function: it reads the table's listeners from the
-//! per-backend cache, builds each listener's `details` with `to_jsonb` called through fmgr
-//! (no SPI), and hands the event to the same delivery code as `herald.emit`.
+//! per-backend cache, builds each listener's `details` jsonb straight from the deformed rows
+//! (no SPI, no intermediate records), and hands the event to the same delivery code as
+//! `herald.emit`.
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode as Code;
 use std::cell::RefCell;
@@ -397,7 +398,7 @@ pub unsafe extern "C-unwind" fn herald_capture(fcinfo: pg_sys::FunctionCallInfo)
             queue: None,
             r#type: "DATA".into(),
             action: action.name().into(),
-            source: Some(source.clone()),
+            source: Some(source.to_string()),
             details,
             created_at,
             listener: l.id,
@@ -417,7 +418,6 @@ struct RowChange {
 }
 
 struct Row {
-    tuple: pg_sys::HeapTuple,
     values: Vec<pg_sys::Datum>,
     nulls: Vec<bool>,
 }
@@ -428,11 +428,7 @@ impl Row {
         let mut values = vec![pg_sys::Datum::from(0); natts];
         let mut nulls = vec![true; natts];
         pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
-        Row {
-            tuple,
-            values,
-            nulls,
-        }
+        Row { values, nulls }
     }
 }
 
@@ -467,7 +463,7 @@ impl RowChange {
     }
 
     /// The `details` of one listener's event, or None when an UPDATE changed nothing it
-    /// would see at level 2. One `to_jsonb` call on a record shaped for the listener.
+    /// would see at level 2. Built straight from the deformed rows (see `json`).
     unsafe fn details(
         &self,
         action: Action,
@@ -475,11 +471,11 @@ impl RowChange {
         info: &DataListenerInfo,
     ) -> Option<pg_sys::Datum> {
         let visible = self.all.minus(&info.hidden);
-        let parts: Vec<(&'static str, pg_sys::Datum)> = match (action, level) {
+        let parts: Vec<(&'static str, &Row, Cols)> = match (action, level) {
             (Action::Truncate, _) => vec![],
             (_, 1) => {
                 let row = self.new.as_ref().or(self.old.as_ref()).expect("a row");
-                vec![("key", self.project(row, &info.key))]
+                vec![("key", row, info.key.clone())]
             }
             (Action::Update, 2) => {
                 let changed = visible.minus(&self.unchanged_columns());
@@ -487,18 +483,18 @@ impl RowChange {
                     return None;
                 }
                 vec![
-                    ("old", self.project(self.old.as_ref()?, &changed)),
-                    ("new", self.project(self.new.as_ref()?, &changed)),
+                    ("old", self.old.as_ref()?, changed.clone()),
+                    ("new", self.new.as_ref()?, changed),
                 ]
             }
             (Action::Update, _) => vec![
-                ("old", self.project(self.old.as_ref()?, &visible)),
-                ("new", self.project(self.new.as_ref()?, &visible)),
+                ("old", self.old.as_ref()?, visible.clone()),
+                ("new", self.new.as_ref()?, visible),
             ],
-            (Action::Insert, _) => vec![("new", self.project(self.new.as_ref()?, &visible))],
-            (Action::Delete, _) => vec![("old", self.project(self.old.as_ref()?, &visible))],
+            (Action::Insert, _) => vec![("new", self.new.as_ref()?, visible)],
+            (Action::Delete, _) => vec![("old", self.old.as_ref()?, visible)],
         };
-        Some(shapes::outer_json(&parts))
+        Some(json::details(self.desc(), &parts))
     }
 
     /// Columns whose old and new values are identical (binary comparison).
@@ -527,43 +523,18 @@ impl RowChange {
         }
         out
     }
-
-    /// The row restricted to `cols`, as a composite datum (the table's own row type when
-    /// nothing is left out).
-    unsafe fn project(&self, row: &Row, cols: &Cols) -> pg_sys::Datum {
-        let desc = self.desc();
-        if *cols == self.all {
-            return pg_sys::Datum::from(pg_sys::heap_copy_tuple_as_datum(row.tuple, desc));
-        }
-        let shape = shapes::projection((*self.rel).rd_id, desc, cols);
-        let natts = (*desc).natts as usize;
-        let mut values = Vec::new();
-        let mut nulls = Vec::new();
-        for i in 0..natts {
-            if cols.contains(i) {
-                values.push(row.values[i]);
-                nulls.push(row.nulls[i]);
-            }
-        }
-        let tuple = pg_sys::heap_form_tuple(shape, values.as_mut_ptr(), nulls.as_mut_ptr());
-        pg_sys::Datum::from(pg_sys::heap_copy_tuple_as_datum(tuple, shape))
-    }
 }
 
-/// Blessed anonymous record types: projections of a table's columns, and the outer
-/// `(key)`, `(new)`, `(old)`, `(old, new)` records, so that one `to_jsonb` call builds a
-/// listener's whole `details`.
+/// Source names of captured tables, cached per backend.
 mod shapes {
     use super::*;
 
     thread_local! {
-        static SOURCES: RefCell<HashMap<pg_sys::Oid, String>> = RefCell::new(HashMap::new());
-        static PROJECTIONS: RefCell<HashMap<(pg_sys::Oid, Cols), pg_sys::TupleDesc>> = RefCell::new(HashMap::new());
-        static OUTERS: RefCell<HashMap<Vec<&'static str>, pg_sys::TupleDesc>> = RefCell::new(HashMap::new());
+        static SOURCES: RefCell<HashMap<pg_sys::Oid, std::rc::Rc<str>>> = RefCell::new(HashMap::new());
     }
 
     /// `schema.table`, quoted as needed: the `source` of a table's data events.
-    pub unsafe fn source_name(rel: pg_sys::Relation) -> String {
+    pub unsafe fn source_name(rel: pg_sys::Relation) -> std::rc::Rc<str> {
         let relid = (*rel).rd_id;
         if let Some(name) = SOURCES.with(|s| s.borrow().get(&relid).cloned()) {
             return name;
@@ -575,102 +546,22 @@ mod shapes {
                 .to_string_lossy()
                 .into_owned()
         };
-        let source = format!("{}.{}", q(schema), q(name));
+        let source: std::rc::Rc<str> = format!("{}.{}", q(schema), q(name)).into();
         SOURCES.with(|s| s.borrow_mut().insert(relid, source.clone()));
         source
     }
 
-    /// Forget projections and names (a table was altered or renamed). Never raises.
+    /// Forget names (a table was altered or renamed). Never raises.
     pub fn invalidate() {
         SOURCES.with(|s| {
             if let Ok(mut s) = s.try_borrow_mut() {
                 s.clear();
             }
         });
-        PROJECTIONS.with(|p| {
-            if let Ok(mut p) = p.try_borrow_mut() {
-                p.clear(); // the blessed descriptors stay registered; a few bytes per shape
-            }
-        });
-    }
-
-    unsafe fn blessed(build: impl FnOnce() -> pg_sys::TupleDesc) -> pg_sys::TupleDesc {
-        let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
-        let desc = pg_sys::BlessTupleDesc(build());
-        pg_sys::MemoryContextSwitchTo(old);
-        desc
-    }
-
-    pub unsafe fn projection(
-        relid: pg_sys::Oid,
-        desc: pg_sys::TupleDesc,
-        cols: &Cols,
-    ) -> pg_sys::TupleDesc {
-        let key = (relid, cols.clone());
-        if let Some(d) = PROJECTIONS.with(|p| p.borrow().get(&key).copied()) {
-            return d;
-        }
-        let d = blessed(|| {
-            let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
-            let picked: Vec<&pg_sys::FormData_pg_attribute> = attrs
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| cols.contains(*i))
-                .map(|(_, a)| a)
-                .collect();
-            let out = pg_sys::CreateTemplateTupleDesc(picked.len() as i32);
-            for (k, a) in picked.iter().enumerate() {
-                let n = (k + 1) as i16;
-                pg_sys::TupleDescInitEntry(
-                    out,
-                    n,
-                    a.attname.data.as_ptr(),
-                    a.atttypid,
-                    a.atttypmod,
-                    a.attndims,
-                );
-                pg_sys::TupleDescInitEntryCollation(out, n, a.attcollation);
-            }
-            out
-        });
-        PROJECTIONS.with(|p| p.borrow_mut().insert(key, d));
-        d
-    }
-
-    /// `{"name": to_jsonb(value), ...}` as one to_jsonb call on an outer record.
-    pub unsafe fn outer_json(parts: &[(&'static str, pg_sys::Datum)]) -> pg_sys::Datum {
-        let names: Vec<&'static str> = parts.iter().map(|p| p.0).collect();
-        let desc = match OUTERS.with(|o| o.borrow().get(&names).copied()) {
-            Some(d) => d,
-            None => {
-                let d = blessed(|| {
-                    let out = pg_sys::CreateTemplateTupleDesc(names.len() as i32);
-                    for (k, name) in names.iter().enumerate() {
-                        let c = std::ffi::CString::new(*name).unwrap();
-                        pg_sys::TupleDescInitEntry(
-                            out,
-                            (k + 1) as i16,
-                            c.as_ptr(),
-                            pg_sys::RECORDOID,
-                            -1,
-                            0,
-                        );
-                    }
-                    out
-                });
-                OUTERS.with(|o| o.borrow_mut().insert(names, d));
-                d
-            }
-        };
-        let mut values: Vec<pg_sys::Datum> = parts.iter().map(|p| p.1).collect();
-        let mut nulls = vec![false; values.len()];
-        let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
-        let datum = pg_sys::heap_copy_tuple_as_datum(tuple, desc);
-        json::to_jsonb(pg_sys::RECORDOID, pg_sys::Datum::from(datum))
     }
 }
 
-/// Forget cached record shapes (called when the listener cache is invalidated).
+/// Forget cached table names (called when the listener cache is invalidated).
 pub fn invalidate_shapes() {
     shapes::invalidate();
 }
@@ -698,13 +589,128 @@ unsafe fn datums_identical(a: pg_sys::Datum, b: pg_sys::Datum, byval: bool, len:
     sa == sb && std::slice::from_raw_parts(pa, sa) == std::slice::from_raw_parts(pb, sb)
 }
 
-/// jsonb built through fmgr, without SPI.
+/// Building `details` jsonb without SPI and without going through a record: the trigger
+/// pushes each column's value straight into a jsonb builder. Common scalar types are
+/// converted here, exactly as `to_jsonb` converts them; every other type goes through
+/// `to_jsonb(value)` called with fmgr.
 mod json {
     use super::*;
+    use pg_sys::JsonbIteratorToken::{WJB_BEGIN_OBJECT, WJB_END_OBJECT, WJB_KEY, WJB_VALUE};
 
     thread_local! {
-        /// to_jsonb call info per row type, and jsonb_build_object per argument count.
+        /// `to_jsonb` call info per value type.
         static TO_JSONB: RefCell<HashMap<pg_sys::Oid, *mut pg_sys::FmgrInfo>> = RefCell::new(HashMap::new());
+    }
+
+    /// `{"name": {"column": value, ...}, ...}` for each `(name, row, columns)` part.
+    pub unsafe fn details(
+        desc: pg_sys::TupleDesc,
+        parts: &[(&'static str, &Row, Cols)],
+    ) -> pg_sys::Datum {
+        let mut state: *mut pg_sys::JsonbParseState = std::ptr::null_mut();
+        pg_sys::pushJsonbValue(&mut state, WJB_BEGIN_OBJECT, std::ptr::null_mut());
+        let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+        for (name, row, cols) in parts {
+            let mut key = string(name.as_ptr() as *mut std::ffi::c_char, name.len());
+            pg_sys::pushJsonbValue(&mut state, WJB_KEY, &mut key);
+            pg_sys::pushJsonbValue(&mut state, WJB_BEGIN_OBJECT, std::ptr::null_mut());
+            for (i, a) in attrs.iter().enumerate() {
+                if !cols.contains(i) || a.attisdropped {
+                    continue;
+                }
+                let attname = a.attname.data.as_ptr() as *mut std::ffi::c_char;
+                let mut key = string(attname, std::ffi::CStr::from_ptr(attname).to_bytes().len());
+                pg_sys::pushJsonbValue(&mut state, WJB_KEY, &mut key);
+                let mut value = scalar(a.atttypid, row.values[i], row.nulls[i]);
+                pg_sys::pushJsonbValue(&mut state, WJB_VALUE, &mut value);
+            }
+            pg_sys::pushJsonbValue(&mut state, WJB_END_OBJECT, std::ptr::null_mut());
+        }
+        let result = pg_sys::pushJsonbValue(&mut state, WJB_END_OBJECT, std::ptr::null_mut());
+        pg_sys::Datum::from(pg_sys::JsonbValueToJsonb(result))
+    }
+
+    unsafe fn string(ptr: *mut std::ffi::c_char, len: usize) -> pg_sys::JsonbValue {
+        let mut v: pg_sys::JsonbValue = std::mem::zeroed();
+        v.type_ = pg_sys::jbvType::jbvString;
+        v.val.string.val = ptr;
+        v.val.string.len = len as i32;
+        v
+    }
+
+    /// One column value as a jsonb value (pushJsonbValue copies nothing until the end, so
+    /// the pointers must stay valid until `JsonbValueToJsonb`; they point into the row or
+    /// into memory of the current context).
+    unsafe fn scalar(
+        type_oid: pg_sys::Oid,
+        datum: pg_sys::Datum,
+        null: bool,
+    ) -> pg_sys::JsonbValue {
+        let mut v: pg_sys::JsonbValue = std::mem::zeroed();
+        if null {
+            v.type_ = pg_sys::jbvType::jbvNull;
+            return v;
+        }
+        match type_oid {
+            pg_sys::BOOLOID => {
+                v.type_ = pg_sys::jbvType::jbvBool;
+                v.val.boolean = datum.value() != 0;
+                return v;
+            }
+            #[cfg(not(feature = "pg13"))]
+            pg_sys::INT2OID | pg_sys::INT4OID | pg_sys::INT8OID => {
+                let n = match type_oid {
+                    pg_sys::INT2OID => datum.value() as i16 as i64,
+                    pg_sys::INT4OID => datum.value() as i32 as i64,
+                    _ => datum.value() as i64,
+                };
+                v.type_ = pg_sys::jbvType::jbvNumeric;
+                v.val.numeric = pg_sys::int64_to_numeric(n);
+                return v;
+            }
+            pg_sys::NUMERICOID => {
+                let n = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) as pg_sys::Numeric;
+                // NaN and infinities are not JSON numbers: to_jsonb makes them strings
+                if !pg_sys::numeric_is_nan(n) && !numeric_is_inf(n) {
+                    v.type_ = pg_sys::jbvType::jbvNumeric;
+                    v.val.numeric = n;
+                    return v;
+                }
+            }
+            pg_sys::TEXTOID | pg_sys::VARCHAROID => {
+                let t = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
+                return string(
+                    pgrx::varlena::vardata_any(t) as *mut std::ffi::c_char,
+                    pgrx::varlena::varsize_any_exhdr(t),
+                );
+            }
+            pg_sys::JSONBOID => {
+                let jb = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) as *mut pg_sys::Jsonb;
+                v.type_ = pg_sys::jbvType::jbvBinary;
+                v.val.binary.data = &mut (*jb).root;
+                v.val.binary.len = (pgrx::varlena::varsize(jb as *const pg_sys::varlena)
+                    - pg_sys::VARHDRSZ) as i32;
+                return v;
+            }
+            _ => {}
+        }
+        // Everything else: to_jsonb(value), embedded (pushJsonbValue unpacks binary values).
+        let jb = to_jsonb(type_oid, datum).cast_mut_ptr::<pg_sys::Jsonb>();
+        v.type_ = pg_sys::jbvType::jbvBinary;
+        v.val.binary.data = &mut (*jb).root;
+        v.val.binary.len =
+            (pgrx::varlena::varsize(jb as *const pg_sys::varlena) - pg_sys::VARHDRSZ) as i32;
+        v
+    }
+
+    #[cfg(not(any(feature = "pg13")))]
+    unsafe fn numeric_is_inf(n: pg_sys::Numeric) -> bool {
+        pg_sys::numeric_is_inf(n)
+    }
+
+    #[cfg(feature = "pg13")]
+    unsafe fn numeric_is_inf(_n: pg_sys::Numeric) -> bool {
+        false // numeric has no infinities before PostgreSQL 14
     }
 
     /// FmgrInfo for a polymorphic builtin, with a fake call expression that tells it the
@@ -756,13 +762,13 @@ mod json {
         result
     }
 
-    pub unsafe fn to_jsonb(row_type: pg_sys::Oid, row: pg_sys::Datum) -> pg_sys::Datum {
+    pub unsafe fn to_jsonb(value_type: pg_sys::Oid, value: pg_sys::Datum) -> pg_sys::Datum {
         let info = TO_JSONB.with(|m| {
             *m.borrow_mut()
-                .entry(row_type)
-                .or_insert_with(|| polymorphic(pg_sys::F_TO_JSONB, pg_sys::JSONBOID, &[row_type]))
+                .entry(value_type)
+                .or_insert_with(|| polymorphic(pg_sys::F_TO_JSONB, pg_sys::JSONBOID, &[value_type]))
         });
-        call(info, &[row])
+        call(info, &[value])
     }
 }
 

@@ -263,4 +263,53 @@ mod tests {
         .unwrap();
         assert_eq!(d, "{\"new\": {\"id\": 1, \"qty\": 5}}");
     }
+
+    #[pg_test]
+    fn details_are_exactly_what_to_jsonb_makes_of_every_type() {
+        fixture();
+        run("CREATE DOMAIN positive AS int CHECK (VALUE > 0)");
+        run("CREATE TYPE pair AS (a int, b text)");
+        run(
+            "CREATE TABLE typed (id int PRIMARY KEY, s smallint, b bigint, n numeric, f4 real,
+                                 f8 double precision, ok boolean, t text, v varchar(10), c char(4),
+                                 j json, jb jsonb, ts timestamptz, d date, iv interval, u uuid,
+                                 by bytea, arr int[], pr pair, dom positive, nul text)",
+        );
+        let l =
+            one::<i64>("SELECT herald.add_data_listener('typed', 'rec', 'INSERT=3', sync => true)")
+                .unwrap();
+        for values in [
+            "1, 1, 9007199254740993, 12.500, 1.5, -2.25e-10, true, 'a \"quoted\" \\ text', 'vc', 'ch',
+             '{\"x\": [1, {\"y\": null}]}', '{\"k\": {\"z\": 1.0}}', '2026-11-22 10:00+02', '2026-11-22',
+             '1 day 2 hours', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '\\x00ff', '{1,NULL,3}', '(7,\"x\")', 5, NULL",
+            "2, -32768, -9223372036854775808, 'NaN', 'Infinity', '-Infinity', false, '', NULL, NULL,
+             'null', '\"str\"', NULL, NULL, NULL, NULL, NULL, '{}', NULL, NULL, NULL",
+            "3, 0, 0, '-Infinity', 'NaN', 0, NULL, repeat('long ', 2000), NULL, NULL,
+             '[]', '[1, \"two\", [3]]', NULL, NULL, NULL, NULL, NULL, NULL, '(,)', NULL, NULL",
+        ] {
+            run(&format!("INSERT INTO typed VALUES ({values})"));
+        }
+        let mismatches = count(&format!(
+            "SELECT count(*) FROM seen s JOIN typed r ON r.id = (s.details->'new'->>'id')::int
+              WHERE s.listener = {l} AND s.details->'new' IS DISTINCT FROM to_jsonb(r)"
+        ));
+        let which = one::<String>(&format!(
+            "SELECT string_agg(r.id || ':' || k || ' got ' || coalesce(s.details->'new'->k, 'null'::jsonb)::text
+                               || ' want ' || coalesce(to_jsonb(r)->k, 'null'::jsonb)::text, '; ')
+               FROM seen s JOIN typed r ON r.id = (s.details->'new'->>'id')::int,
+                    jsonb_object_keys(to_jsonb(r)) k
+              WHERE s.listener = {l} AND (s.details->'new'->k) IS DISTINCT FROM (to_jsonb(r)->k)"
+        ));
+        assert_eq!(mismatches, 0, "details differ from to_jsonb(row): {which:?}");
+        assert_eq!(
+            count(&format!("SELECT count(*) FROM seen WHERE listener = {l}")),
+            3
+        );
+        // and the text forms are identical too (key order, number formatting)
+        let differ = count(&format!(
+            "SELECT count(*) FROM seen s JOIN typed r ON r.id = (s.details->'new'->>'id')::int
+              WHERE s.listener = {l} AND (s.details->'new')::text <> to_jsonb(r)::text"
+        ));
+        assert_eq!(differ, 0);
+    }
 }
