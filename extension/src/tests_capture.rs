@@ -300,7 +300,10 @@ mod tests {
                     jsonb_object_keys(to_jsonb(r)) k
               WHERE s.listener = {l} AND (s.details->'new'->k) IS DISTINCT FROM (to_jsonb(r)->k)"
         ));
-        assert_eq!(mismatches, 0, "details differ from to_jsonb(row): {which:?}");
+        assert_eq!(
+            mismatches, 0,
+            "details differ from to_jsonb(row): {which:?}"
+        );
         assert_eq!(
             count(&format!("SELECT count(*) FROM seen WHERE listener = {l}")),
             3

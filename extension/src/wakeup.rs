@@ -16,8 +16,7 @@
 //! Session listeners are woken the same way, addressed by the owning backend's pid (a
 //! session listener has exactly one reader: the session that registered it).
 use pgrx::prelude::*;
-use pgrx::{register_xact_callback, PgXactCallbackEvent};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 /// Advisory lock class of all Herald locks: "HRLD".
 pub const LOCK_CLASS: u32 = 1213353028;
@@ -33,6 +32,7 @@ enum Target {
 
 thread_local! {
     static PENDING: RefCell<Vec<Target>> = const { RefCell::new(Vec::new()) };
+    static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
 // Not in pgrx's bindings; exported by the server (storage/sinvaladt.h) in PG 13-16.
@@ -53,26 +53,44 @@ pub fn wake_backend_at_commit(pid: i32) {
 }
 
 fn wake_target_at_commit(target: Target) {
+    if !CALLBACK_REGISTERED.with(|c| c.replace(true)) {
+        // One callback for the life of the backend; a transaction only pushes targets.
+        unsafe { pg_sys::RegisterXactCallback(Some(at_xact_end), std::ptr::null_mut()) };
+    }
     PENDING.with(|pending| {
         let mut pending = pending.borrow_mut();
-        if pending.is_empty() {
-            register_xact_callback(PgXactCallbackEvent::Commit, || {
-                let targets = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
-                for target in targets {
-                    match target {
-                        Target::Queue(queue) => wake_now(queue),
-                        Target::Backend(pid) => wake_backend(pid),
-                    }
-                }
-            });
-            register_xact_callback(PgXactCallbackEvent::Abort, || {
-                PENDING.with(|p| p.borrow_mut().clear());
-            });
-        }
         if !pending.contains(&target) {
             pending.push(target);
         }
     });
+}
+
+/// Transaction callback: wake the targets once the commit is visible; forget them on abort.
+/// (Subtransaction aborts keep them: a spurious wake-up only costs the woken a look.)
+#[pg_guard]
+unsafe extern "C-unwind" fn at_xact_end(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    match event {
+        pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT => {
+            let targets = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+            for target in targets {
+                match target {
+                    Target::Queue(queue) => wake_now(queue),
+                    Target::Backend(pid) => wake_backend(pid),
+                }
+            }
+        }
+        // A prepared transaction commits later, elsewhere: its events are found by the
+        // drainer's periodic look instead.
+        pg_sys::XactEvent::XACT_EVENT_ABORT
+        | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT
+        | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
+            PENDING.with(|p| p.borrow_mut().clear());
+        }
+        _ => {}
+    }
 }
 
 /// Set the latch of every backend holding the drainer lock of `queue_id` right now.
