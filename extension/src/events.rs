@@ -159,9 +159,114 @@ fn insert_row(rel_oid: pg_sys::Oid, row: &EventValue) {
         let desc = (*rel).rd_att;
         let (mut values, mut nulls) = dispatch::event_values(row, desc);
         let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
-        pg_sys::CatalogTupleInsert(rel, tuple);
+        let indexes = indexes::of(rel);
+        if indexes.plain {
+            pg_sys::simple_heap_insert(rel, tuple);
+            indexes.insert(rel, tuple, &values, &nulls);
+        } else {
+            pg_sys::CatalogTupleInsert(rel, tuple); // an index was added by hand: the general way
+        }
         pg_sys::heap_freetuple(tuple);
         pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+    }
+}
+
+/// The indexes of Herald's event tables, described once per backend (what the executor
+/// rebuilds for every statement). Forgotten on any relcache invalidation of the tables.
+pub mod indexes {
+    use pgrx::prelude::*;
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::rc::Rc;
+
+    pub struct Indexes {
+        /// Every index is ready and on plain columns (no expressions, predicates or
+        /// exclusion constraints): entries can be made from the heap values directly.
+        pub plain: bool,
+        list: Vec<(pg_sys::Oid, *mut pg_sys::IndexInfo)>,
+    }
+
+    thread_local! {
+        static CACHE: RefCell<HashMap<pg_sys::Oid, Rc<Indexes>>> = RefCell::new(HashMap::new());
+    }
+
+    /// Forget everything (relcache callback; never raises).
+    pub fn invalidate() {
+        CACHE.with(|c| {
+            if let Ok(mut c) = c.try_borrow_mut() {
+                c.clear(); // the IndexInfos stay allocated: a few hundred bytes per DDL
+            }
+        });
+    }
+
+    pub unsafe fn of(rel: pg_sys::Relation) -> Rc<Indexes> {
+        let relid = (*rel).rd_id;
+        if let Some(found) = CACHE.with(|c| c.borrow().get(&relid).cloned()) {
+            return found;
+        }
+        let oids = pg_sys::RelationGetIndexList(rel);
+        let mut list = Vec::new();
+        let mut plain = true;
+        let n = if oids.is_null() {
+            0
+        } else {
+            (*oids).length as usize
+        };
+        for i in 0..n {
+            let oid = (*(*oids).elements.add(i)).oid_value;
+            let index = pg_sys::index_open(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+            let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+            let info = pg_sys::BuildIndexInfo(index);
+            pg_sys::MemoryContextSwitchTo(old);
+            pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+            plain &= (*info).ii_ReadyForInserts
+                && (*info).ii_Expressions.is_null()
+                && (*info).ii_Predicate.is_null()
+                && (*info).ii_ExclusionOps.is_null();
+            list.push((oid, info));
+        }
+        let indexes = Rc::new(Indexes { plain, list });
+        CACHE.with(|c| c.borrow_mut().insert(relid, indexes.clone()));
+        indexes
+    }
+
+    impl Indexes {
+        /// Make the index entries of a freshly inserted heap tuple (unique ones checked).
+        pub unsafe fn insert(
+            &self,
+            rel: pg_sys::Relation,
+            tuple: pg_sys::HeapTuple,
+            values: &[pg_sys::Datum],
+            nulls: &[bool],
+        ) {
+            for &(oid, info) in &self.list {
+                let index = pg_sys::index_open(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+                let nkeys = (*info).ii_NumIndexAttrs as usize;
+                let mut key_values = [pg_sys::Datum::from(0); pg_sys::INDEX_MAX_KEYS as usize];
+                let mut key_nulls = [false; pg_sys::INDEX_MAX_KEYS as usize];
+                for k in 0..nkeys {
+                    let attno = (*info).ii_IndexAttrNumbers[k] as usize;
+                    key_values[k] = values[attno - 1];
+                    key_nulls[k] = nulls[attno - 1];
+                }
+                let check = if (*(*index).rd_index).indisunique {
+                    pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES
+                } else {
+                    pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO
+                };
+                pg_sys::index_insert(
+                    index,
+                    key_values.as_mut_ptr(),
+                    key_nulls.as_mut_ptr(),
+                    &mut (*tuple).t_self,
+                    rel,
+                    check,
+                    false,
+                    info,
+                );
+                pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+            }
+        }
     }
 }
 

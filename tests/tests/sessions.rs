@@ -384,11 +384,19 @@ async fn after_a_backend_crash_dead_listeners_get_nothing_and_are_removed() {
     let id = register(&reader, "SELECT herald.add_data_listener('t', 'record')").await;
     let pid = pid_of(&reader).await;
     db.batch_execute("INSERT INTO t VALUES (1)").await.unwrap();
-    drop(db);
     // kill -9 of a backend: the server resets every session and runs crash recovery
     unsafe { libc::kill(pid, libc::SIGKILL) };
     drop(reader);
+    // the reset reaches every other session, this one included
     let deadline = Instant::now() + Duration::from_secs(60);
+    while db.simple_query("SELECT 1").await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the server resets after a backend crash"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(db);
     let db = loop {
         if let Ok((client, connection)) =
             tokio_postgres::connect(&env.url(), tokio_postgres::NoTls).await
