@@ -3,6 +3,61 @@
 
 ALTER TABLE herald.listener ADD COLUMN session_start timestamptz;
 
+-- Queue names in the event table's key compare bytewise (rewrites herald.event and its
+-- primary key: on a large backlog this takes a while, under an exclusive lock). The
+-- queue_status view reads the column, so it is recreated, keeping the grants made on it.
+CREATE TEMP TABLE herald_queue_status_acl AS
+    SELECT c.relacl FROM pg_catalog.pg_class c WHERE c.oid = 'herald.queue_status'::regclass;
+DROP VIEW herald.queue_status;
+ALTER TABLE herald.event ALTER COLUMN queue SET DATA TYPE text COLLATE "C";
+CREATE VIEW herald.queue_status AS
+SELECT q.name,
+       CASE WHEN s.held_event IS NOT NULL THEN 'held'
+            WHEN q.event_run = 1 THEN 'running'
+            ELSE 'stopped' END AS state,
+       q.event_run,
+       q.event_amount_per_lookup,
+       q.event_hold_on_error,
+       q.event_log_level,
+       (SELECT count(*) FROM herald.event e
+         WHERE e.queue = q.name AND e.id >= s.scan_from) AS backlog,
+       (SELECT min(e.created_at) FROM herald.event e
+         WHERE e.queue = q.name AND e.id >= s.scan_from) AS oldest_event_at,
+       (SELECT a.application_name
+          FROM pg_catalog.pg_locks l
+          JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+         WHERE l.locktype = 'advisory' AND l.granted
+           AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                              WHERE d.datname = pg_catalog.current_database())
+           AND l.classid = 1213353028::oid AND l.objid = q.id::oid AND l.objsubid = 2
+         LIMIT 1) AS drainer,
+       s.drained_by,
+       s.last_lookup_at,
+       s.held_event,
+       s.last_error,
+       s.last_error_at,
+       s.handled_count,
+       s.failed_count,
+       s.skipped_count
+  FROM herald.event_queue q
+  JOIN herald.queue_state s ON s.queue = q.name;
+COMMENT ON VIEW herald.queue_status IS
+    'Queues with their backlog and the coordinator connection (application_name) draining them.';
+DO $$
+DECLARE
+    g record;
+BEGIN
+    FOR g IN SELECT a.grantee, a.privilege_type, a.is_grantable
+               FROM herald_queue_status_acl s, pg_catalog.aclexplode(s.relacl) a
+              WHERE a.grantee <> a.grantor LOOP
+        EXECUTE pg_catalog.format('GRANT %s ON herald.queue_status TO %s%s', g.privilege_type,
+                CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE g.grantee::regrole::text END,
+                CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    END LOOP;
+END
+$$;
+DROP TABLE herald_queue_status_acl;
+
 CREATE UNLOGGED TABLE herald.session (
     pid           integer     NOT NULL,
     backend_start timestamptz NOT NULL,

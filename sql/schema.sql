@@ -88,7 +88,8 @@ COMMENT ON TABLE herald.listener IS
 CREATE SEQUENCE herald.event_id_seq AS bigint;
 CREATE TABLE herald.event (
     id         bigint      NOT NULL,
-    queue      text        NOT NULL,
+    -- "C": the key is compared bytewise on every insert and lookup (no locale rules)
+    queue      text        COLLATE "C" NOT NULL,
     type       text        NOT NULL,
     action     text        NOT NULL,
     source     text,

@@ -73,40 +73,47 @@ async fn run() -> Result<(), String> {
         .get(0);
     println!("Herald vs pgmq ({version}) on one private PostgreSQL cluster; synchronous_commit=off, {} cores", cores());
 
+    // BENCH_ONLY=emit,drain,latency,capture runs a subset (all by default).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let wanted = |phase: &str| only.is_empty() || only.split(',').any(|p| p.trim() == phase);
+
     // 1. producers
-    println!("\n1. Single-event transactions, 2 clients, {seconds} s each (pgbench -M prepared), best of 2:");
-    let mut emit_tps: f64 = 0.0;
-    let mut send_tps: f64 = 0.0;
-    for _ in 0..2 {
-        emit_tps = emit_tps.max(pgbench(
-            &cluster,
-            "SELECT herald.emit('bench', 'created', '{\"order\": 4711, \"amount\": 99.5}');",
-            seconds,
-        )?);
-        send_tps = send_tps.max(pgbench(
-            &cluster,
-            "SELECT pgmq.send('bench', '{\"order\": 4711, \"amount\": 99.5}');",
-            seconds,
-        )?);
-        for sql in [
-            "TRUNCATE herald.event",
-            "TRUNCATE pgmq.q_bench",
-            "VACUUM ANALYZE herald.event",
-            "VACUUM ANALYZE pgmq.q_bench",
-        ] {
-            db.batch_execute(sql).await.map_err(pg)?;
+    if wanted("emit") {
+        println!("\n1. Single-event transactions, 2 clients, {seconds} s each (pgbench -M prepared), best of 2:");
+        let mut emit_tps: f64 = 0.0;
+        let mut send_tps: f64 = 0.0;
+        for _ in 0..2 {
+            emit_tps = emit_tps.max(pgbench(
+                &cluster,
+                "SELECT herald.emit('bench', 'created', '{\"order\": 4711, \"amount\": 99.5}');",
+                seconds,
+            )?);
+            send_tps = send_tps.max(pgbench(
+                &cluster,
+                "SELECT pgmq.send('bench', '{\"order\": 4711, \"amount\": 99.5}');",
+                seconds,
+            )?);
+            for sql in [
+                "TRUNCATE herald.event",
+                "TRUNCATE pgmq.q_bench",
+                "VACUUM ANALYZE herald.event",
+                "VACUUM ANALYZE pgmq.q_bench",
+            ] {
+                db.batch_execute(sql).await.map_err(pg)?;
+            }
         }
+        println!("   herald.emit  {emit_tps:>10.0} tps");
+        println!("   pgmq.send    {send_tps:>10.0} tps");
+        println!(
+            "   ratio        {:>10.2}x   (target >= 1.5x)",
+            emit_tps / send_tps
+        );
     }
-    println!("   herald.emit  {emit_tps:>10.0} tps");
-    println!("   pgmq.send    {send_tps:>10.0} tps");
-    println!(
-        "   ratio        {:>10.2}x   (target >= 1.5x)",
-        emit_tps / send_tps
-    );
 
     // 2. drain
-    println!("\n2. Drain a backlog of {BACKLOG} events with one consumer, 10 per lookup:");
-    for sql in [
+    if wanted("drain") {
+        println!("\n2. Drain a backlog of {BACKLOG} events with one consumer, 10 per lookup:");
+        for sql in [
         format!("SELECT herald.emit('bench', 'created', jsonb_build_object('order', g)) FROM generate_series(1, {BACKLOG}) g"),
         format!("SELECT pgmq.send_batch('bench', array_agg(jsonb_build_object('order', g))) FROM generate_series(1, {BACKLOG}) g"),
         "VACUUM ANALYZE herald.event".to_string(),
@@ -114,24 +121,31 @@ async fn run() -> Result<(), String> {
     ] {
         db.batch_execute(&sql).await.map_err(pg)?;
     }
-    let herald_rate = drain_herald(&cluster, &db, &herald_bin).await?;
-    let pgmq_rate = drain_pgmq(&cluster).await?;
-    println!("   herald coordinator        {herald_rate:>10.0} events/s");
-    println!("   pgmq read+delete (10)     {pgmq_rate:>10.0} events/s");
-    println!(
-        "   ratio                     {:>10.2}x   (target >= 2x)",
-        herald_rate / pgmq_rate
-    );
-
-    // 4. capture
-    capture(&cluster, &db, seconds).await?;
+        let herald_rate = drain_herald(&cluster, &db, &herald_bin).await?;
+        let pgmq_rate = drain_pgmq(&cluster).await?;
+        println!("   herald coordinator        {herald_rate:>10.0} events/s");
+        println!("   pgmq read+delete (10)     {pgmq_rate:>10.0} events/s");
+        println!(
+            "   ratio                     {:>10.2}x   (target >= 2x)",
+            herald_rate / pgmq_rate
+        );
+    }
 
     // 3. latency
-    println!("\n3. Commit-to-handler latency at 500 events/s for {seconds} s, one coordinator:");
-    let (p50, p99, max, n) = latency(&cluster, &db, &herald_bin, seconds).await?;
-    println!(
+    if wanted("latency") {
+        println!(
+            "\n3. Commit-to-handler latency at 500 events/s for {seconds} s, one coordinator:"
+        );
+        let (p50, p99, max, n) = latency(&cluster, &db, &herald_bin, seconds).await?;
+        println!(
         "   {n} events: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms   (target p99 < 10 ms)"
     );
+    }
+
+    // 4. capture
+    if wanted("capture") {
+        capture(&cluster, &db, seconds).await?;
+    }
     Ok(())
 }
 
@@ -200,11 +214,11 @@ async fn capture(
             1.15,
         ),
     ] {
-        println!("\n4. {what}, 2 clients, {seconds} s each, best of 2:");
+        println!("\n4. {what}, 2 clients, {seconds} s each, best of 3 (interleaved):");
         let mut plain: f64 = 0.0;
         let mut herald: f64 = 0.0;
         let mut diy: f64 = 0.0;
-        for _ in 0..2 {
+        for _ in 0..3 {
             plain = plain.max(pgbench(cluster, script, seconds)?);
             let id: i64 = db
                 .query_one(

@@ -15,14 +15,16 @@ SELECT line FROM (
    WHERE p.pronamespace = 'herald'::regnamespace
   UNION ALL
   SELECT 'column ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
-         || ' notnull ' || a.attnotnull || ' default ' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
+         || ' collate ' || a.attcollation::regcollation::text || ' notnull ' || a.attnotnull || ' default ' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
          || ' generated ' || a.attgenerated::text
     FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
     LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
    WHERE c.relnamespace = 'herald'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped
   UNION ALL
   SELECT 'relation ' || c.relname || ' kind ' || c.relkind::text || ' options '
-         || coalesce(array_to_string(c.reloptions, ','), '') || ' acl ' || coalesce(c.relacl::text, 'default')
+         || coalesce(array_to_string(c.reloptions, ','), '') || ' acl ' || CASE WHEN c.relacl IS NULL
+                   OR c.relacl = acldefault(CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END::"char", c.relowner)
+              THEN 'default' ELSE c.relacl::text END
     FROM pg_class c WHERE c.relnamespace = 'herald'::regnamespace
   UNION ALL
   SELECT 'index ' || pg_get_indexdef(i.indexrelid)
@@ -72,6 +74,10 @@ async fn upgrading_from_every_release_equals_a_fresh_install() {
         .await
         .unwrap()
         .get(0);
+    fresh
+        .batch_execute(r#"CREATE ROLE "Ops Team""#)
+        .await
+        .unwrap();
     for release in RELEASES {
         let db = format!("from_{}", release.replace('.', "_"));
         fresh
@@ -85,10 +91,18 @@ async fn upgrading_from_every_release_equals_a_fresh_install() {
             .unwrap_or_else(|e| {
                 panic!("the {release} install script is installed (make install copies sql/releases): {e}")
             });
+        // a grant an operator made survives the upgrade
+        upgraded
+            .batch_execute(
+                r#"GRANT USAGE ON SCHEMA herald TO "Ops Team";
+                   GRANT SELECT ON herald.queue_status TO "Ops Team";"#,
+            )
+            .await
+            .unwrap();
         upgraded
             .batch_execute("ALTER EXTENSION herald UPDATE")
             .await
-            .unwrap_or_else(|e| panic!("upgrade from {release}: {e}"));
+            .unwrap_or_else(|e| panic!("upgrade from {release}: {e:?}"));
         let version: String = upgraded
             .query_one(
                 "SELECT extversion FROM pg_extension WHERE extname = 'herald'",
@@ -98,6 +112,24 @@ async fn upgrading_from_every_release_equals_a_fresh_install() {
             .unwrap()
             .get(0);
         assert_eq!(version, current, "upgrade from {release}");
+        let row = upgraded
+            .query_one(
+                r#"SELECT has_table_privilege('Ops Team', 'herald.queue_status', 'SELECT')"#,
+                &[],
+            )
+            .await
+            .unwrap();
+        assert!(
+            row.get::<_, bool>(0),
+            "grant on queue_status kept by the upgrade from {release}"
+        );
+        upgraded
+            .batch_execute(
+                r#"REVOKE SELECT ON herald.queue_status FROM "Ops Team";
+                   REVOKE USAGE ON SCHEMA herald FROM "Ops Team";"#,
+            )
+            .await
+            .unwrap();
         let got = catalog(&upgraded).await;
         let only_fresh: Vec<_> = expected.iter().filter(|l| !got.contains(l)).collect();
         let only_upgraded: Vec<_> = got.iter().filter(|l| !expected.contains(l)).collect();
