@@ -76,6 +76,9 @@ BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO herald.queue_state (queue) VALUES (NEW.name);
     END IF;
+    IF TG_OP = 'UPDATE' AND NEW.event_run IS DISTINCT FROM OLD.event_run THEN
+        PERFORM herald._invalidate_listeners();   -- producers cache whether a queue runs
+    END IF;
     PERFORM herald._wake_queue(NEW.id);
     PERFORM pg_notify('herald_queues', NEW.name);
     RETURN NEW;

@@ -107,3 +107,25 @@ BEGIN
     END IF;
 END
 $$;
+
+-- Producers skip the commit-time wake-up probe for stopped queues, so starting or stopping
+-- a queue refreshes every backend's listener cache.
+CREATE OR REPLACE FUNCTION herald._event_queue_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        DELETE FROM herald.event e WHERE e.queue = OLD.name;
+        PERFORM pg_notify('herald_queues', OLD.name);
+        RETURN OLD;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO herald.queue_state (queue) VALUES (NEW.name);
+    END IF;
+    IF TG_OP = 'UPDATE' AND NEW.event_run IS DISTINCT FROM OLD.event_run THEN
+        PERFORM herald._invalidate_listeners();   -- producers cache whether a queue runs
+    END IF;
+    PERFORM herald._wake_queue(NEW.id);
+    PERFORM pg_notify('herald_queues', NEW.name);
+    RETURN NEW;
+END
+$$;

@@ -129,7 +129,7 @@ pub fn enqueue(event: &EventValue, l: &Listener) {
         listener: l.id,
     };
     insert_row(catalog::oids().event_rel, &row);
-    if let Some(queue_id) = l.queue_id {
+    if let (Some(queue_id), true) = (l.queue_id, l.queue_running) {
         wakeup::wake_at_commit(queue_id);
     }
 }

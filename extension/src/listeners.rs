@@ -23,6 +23,9 @@ pub struct Listener {
     pub handler: pg_sys::Oid,
     pub queue: Option<String>,
     pub queue_id: Option<i32>,
+    /// The queue's `event_run` (the cache is reloaded when it changes): a stopped queue has
+    /// no drainer to wake.
+    pub queue_running: bool,
     pub sync: bool,
     /// For session listeners: the pid of the owning backend (woken at commit).
     pub session_pid: Option<i32>,
@@ -115,7 +118,7 @@ fn load() -> ListenerSet {
                             AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped
                             AND NOT pg_catalog.has_column_privilege(l.owner::pg_catalog.oid,
                                     l.tbl::pg_catalog.oid, a.attnum, 'SELECT')),
-                        l.session_pid
+                        l.session_pid, q.event_run OPERATOR(pg_catalog.=) 1
                    FROM herald.listener l
                    LEFT JOIN herald.event_queue q ON q.name OPERATOR(pg_catalog.=) l.queue
                   WHERE l.delivery OPERATOR(pg_catalog.<>) 'session'
@@ -132,6 +135,7 @@ fn load() -> ListenerSet {
                     handler: row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
                     queue: row.get::<String>(4)?,
                     queue_id: row.get::<i32>(5)?,
+                    queue_running: row.get::<bool>(13)?.unwrap_or(false),
                     sync: row.get::<bool>(6)?.unwrap_or(false),
                     session_pid: row.get::<i32>(12)?,
                     owner: row.get::<pg_sys::Oid>(7)?.unwrap_or(pg_sys::InvalidOid),
