@@ -4,7 +4,7 @@ use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
 /// Connect with `application_name = herald/<node>` so monitoring can tell nodes apart.
 pub async fn connect(config: &Config, node: &str) -> Result<Client, tokio_postgres::Error> {
     let mut config = config.clone();
-    config.application_name(&format!("herald/{node}"));
+    config.application_name(format!("herald/{node}"));
     let (client, connection) = config.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -20,7 +20,7 @@ pub async fn connect_listening(
     node: &str,
 ) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<String>), tokio_postgres::Error> {
     let mut config = config.clone();
-    config.application_name(&format!("herald/{node}"));
+    config.application_name(format!("herald/{node}"));
     let (client, mut connection) = config.connect(NoTls).await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {

@@ -7,7 +7,7 @@
 //! - [`coordinator`]: the supervisor that claims running queues and starts drainers
 //! - [`drainer`]: one task per owned queue: lookup, then wait for work
 //! - [`shutdown`]: the shared stop signal every task listens to
-//! - [`db`]: connections (application_name `herald/<node>`)
+//! - [`db`]: how connections are opened and named (`herald/<node>`)
 //! - [`status`]: `herald status`
 //! - [`cluster`]: a private PostgreSQL cluster from the installed server binaries
 //! - [`demo`]: `herald demo`

@@ -392,7 +392,7 @@ pub unsafe extern "C-unwind" fn herald_capture(fcinfo: pg_sys::FunctionCallInfo)
         let Some(details) = row.details(action, level, info) else {
             continue; // an UPDATE that changed nothing this listener may see
         };
-        let id = *event_id.get_or_insert_with(|| events::next_event_id());
+        let id = *event_id.get_or_insert_with(events::next_event_id);
         let value = EventValue {
             id,
             queue: None,

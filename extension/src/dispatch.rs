@@ -182,7 +182,7 @@ pub fn event_datum(e: &EventValue) -> pg_sys::Datum {
         let tupdesc = event_tupdesc();
         let (mut values, mut nulls) = event_values(e, tupdesc);
         let tuple = pg_sys::heap_form_tuple(tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
-        pg_sys::Datum::from(pg_sys::heap_copy_tuple_as_datum(tuple, tupdesc))
+        pg_sys::heap_copy_tuple_as_datum(tuple, tupdesc)
     }
 }
 

@@ -195,11 +195,12 @@ pub fn resolve_handler(handler: &str) -> pg_sys::Oid {
     } else {
         format!("{handler}(herald.event)")
     };
-    let hint = Some(format!(
+    let hint_text = format!(
         "A handler is a function taking one herald.event, for example: \
          CREATE FUNCTION {}(e herald.event) RETURNS void LANGUAGE sql AS $$ ... $$;",
         handler.split('(').next().unwrap_or(handler)
-    ));
+    );
+    let hint = Some(hint_text.clone());
     // to_regprocedure() never raises for a bad name; a syntax error in the text does.
     let found = errors::spi(Spi::connect(|client| {
         let rows = client.select(
@@ -246,7 +247,7 @@ pub fn resolve_handler(handler: &str) -> pg_sys::Oid {
                 format!(
                     "handler function {base} must take exactly one argument of type herald.event"
                 ),
-                Some(format!("Found: {list}. {}", hint.unwrap_or_default())),
+                Some(format!("Found: {list}. {hint_text}")),
             ),
             None => raise(
                 Code::ERRCODE_UNDEFINED_FUNCTION,
