@@ -62,6 +62,20 @@ pub struct EventValue {
     pub listener: i64,
 }
 
+impl EventValue {
+    /// The same event as delivered to one listener (through `queue`, or directly if None).
+    pub fn for_listener(&self, queue: Option<String>, listener: i64) -> EventValue {
+        EventValue {
+            queue,
+            listener,
+            r#type: self.r#type.clone(),
+            action: self.action.clone(),
+            source: self.source.clone(),
+            ..*self
+        }
+    }
+}
+
 /// What a failing handler raised.
 #[derive(Debug, Clone)]
 pub struct HandlerError {

@@ -118,16 +118,7 @@ pub fn next_event_id() -> i64 {
 
 /// Persist the event into the listener's queue and wake the queue's drainer at commit.
 pub fn enqueue(event: &EventValue, l: &Listener) {
-    let row = EventValue {
-        id: event.id,
-        queue: l.queue.clone(),
-        r#type: event.r#type.clone(),
-        action: event.action.clone(),
-        source: event.source.clone(),
-        details: event.details,
-        created_at: event.created_at,
-        listener: l.id,
-    };
+    let row = event.for_listener(l.queue.clone(), l.id);
     insert_row(catalog::oids().event_rel, &row);
     if let (Some(queue_id), true) = (l.queue_id, l.queue_running) {
         wakeup::wake_at_commit(queue_id);
@@ -136,14 +127,7 @@ pub fn enqueue(event: &EventValue, l: &Listener) {
 
 /// Store the event for a session listener and wake its session at commit.
 fn to_session(event: &EventValue, l: &Listener, pid: i32) {
-    let row = EventValue {
-        queue: None,
-        listener: l.id,
-        r#type: event.r#type.clone(),
-        action: event.action.clone(),
-        source: event.source.clone(),
-        ..*event
-    };
+    let row = event.for_listener(None, l.id);
     insert_row(catalog::oids().session_event_rel, &row);
     wakeup::wake_backend_at_commit(pid);
 }
@@ -273,16 +257,7 @@ pub mod indexes {
 /// Run a synchronous listener's handler in the producing transaction, in a subtransaction:
 /// a failing handler is reported as a WARNING and logged, and the producer goes on.
 pub fn deliver_sync(event: &EventValue, l: &Listener) {
-    let value = EventValue {
-        id: event.id,
-        queue: None,
-        r#type: event.r#type.clone(),
-        action: event.action.clone(),
-        source: event.source.clone(),
-        details: event.details,
-        created_at: event.created_at,
-        listener: l.id,
-    };
+    let value = event.for_listener(None, l.id);
     let datum = dispatch::event_datum(&value);
     if let Err(e) = dispatch::call_in_subtransaction(l.handler, datum, None) {
         errors::warning(

@@ -352,7 +352,7 @@ pub fn insert_listener(
         None
     };
     let pid = session.map(|s| s.pid);
-    let start = session.and_then(|s| pgrx::datum::TimestampWithTimeZone::try_from(s.start).ok());
+    let start = session.and_then(|s| s.start_datum());
     let types: Vec<&str> = event_types.iter().map(String::as_str).collect();
     let id = catalog::as_owner(|| {
         errors::spi(Spi::connect_mut(|client| {

@@ -41,8 +41,11 @@ pub fn this_session() -> Session {
     }
 }
 
-fn start_datum(s: Session) -> Option<pgrx::datum::TimestampWithTimeZone> {
-    pgrx::datum::TimestampWithTimeZone::try_from(s.start).ok()
+impl Session {
+    /// The backend start as a `timestamptz` argument.
+    pub fn start_datum(self) -> Option<pgrx::datum::TimestampWithTimeZone> {
+        pgrx::datum::TimestampWithTimeZone::try_from(self.start).ok()
+    }
 }
 
 /// Make this session an owner of session listeners (idempotent) and make sure its listeners
@@ -57,7 +60,7 @@ pub fn join() -> Session {
         errors::spi(Spi::run_with_args(
             "INSERT INTO herald.session (pid, backend_start, role)
              VALUES ($1, $2, $3::pg_catalog.oid::pg_catalog.regrole) ON CONFLICT DO NOTHING",
-            &[me.pid.into(), start_datum(me).into(), role.into()],
+            &[me.pid.into(), me.start_datum().into(), role.into()],
         ))
     });
     me
@@ -127,7 +130,7 @@ fn leave() {
     let me = this_session();
     let tables = catalog::as_owner(|| {
         Spi::connect_mut(|client| {
-            let args = [me.pid.into_datum(), start_datum(me).into_datum()];
+            let args = [me.pid.into_datum(), me.start_datum().into_datum()];
             let types = [pg_sys::INT4OID, pg_sys::TIMESTAMPTZOID];
             let gone = plans::execute(
                 client,
