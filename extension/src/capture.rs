@@ -12,10 +12,11 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use crate::catalog;
-use crate::dispatch::EventValue;
+use crate::dispatch::EventRow;
 use crate::errors::{self, raise};
 use crate::events;
 use crate::listeners;
+use crate::raw;
 
 /// What a data listener asked for, per action: 0 off, 1 key, 2 changes, 3 full rows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -381,7 +382,7 @@ pub unsafe extern "C-unwind" fn herald_capture(fcinfo: pg_sys::FunctionCallInfo)
     };
     let row = RowChange::new(rel, old, new);
     let mut event_id: Option<i64> = None;
-    let source = shapes::source_name(rel);
+    let shape = shapes::of(rel);
     let created_at = pg_sys::GetCurrentTransactionStartTimestamp();
     for l in table_listeners.iter() {
         let Some(info) = &l.data else { continue };
@@ -389,16 +390,16 @@ pub unsafe extern "C-unwind" fn herald_capture(fcinfo: pg_sys::FunctionCallInfo)
         if level == 0 {
             continue;
         }
-        let Some(details) = row.details(action, level, info) else {
+        let Some(details) = row.details(action, level, info, &shape) else {
             continue; // an UPDATE that changed nothing this listener may see
         };
         let id = *event_id.get_or_insert_with(events::next_event_id);
-        let value = EventValue {
+        let value = EventRow {
             id,
             queue: None,
-            r#type: "DATA".into(),
-            action: action.name().into(),
-            source: Some(source.to_string()),
+            r#type: "DATA",
+            action: action.name(),
+            source: Some(&shape.source),
             details,
             created_at,
             listener: l.id,
@@ -469,6 +470,7 @@ impl RowChange {
         action: Action,
         level: u8,
         info: &DataListenerInfo,
+        shape: &shapes::Shape,
     ) -> Option<pg_sys::Datum> {
         let visible = self.all.minus(&info.hidden);
         let parts: Vec<(&'static str, &Row, Cols)> = match (action, level) {
@@ -494,7 +496,7 @@ impl RowChange {
             (Action::Insert, _) => vec![("new", self.new.as_ref()?, visible)],
             (Action::Delete, _) => vec![("old", self.old.as_ref()?, visible)],
         };
-        Some(json::details(self.desc(), &parts))
+        Some(json::details(self.desc(), shape, &parts))
     }
 
     /// Columns whose old and new values are identical (binary comparison).
@@ -525,19 +527,37 @@ impl RowChange {
     }
 }
 
-/// Source names of captured tables, cached per backend.
+/// What the trigger keeps per captured table and backend: the `source` name of its events
+/// and, per column, the `to_jsonb` call info for types `json::details` does not convert
+/// itself. Forgotten with the listener cache (any DDL on a captured table).
 mod shapes {
     use super::*;
 
-    thread_local! {
-        static SOURCES: RefCell<HashMap<pg_sys::Oid, std::rc::Rc<str>>> = RefCell::new(HashMap::new());
+    pub struct Shape {
+        pub source: String,
+        /// Per attribute: its type, and the `to_jsonb` info when the type needs one.
+        pub columns: Vec<(pg_sys::Oid, *mut pg_sys::FmgrInfo)>,
     }
 
-    /// `schema.table`, quoted as needed: the `source` of a table's data events.
-    pub unsafe fn source_name(rel: pg_sys::Relation) -> std::rc::Rc<str> {
+    thread_local! {
+        static SHAPES: RefCell<HashMap<pg_sys::Oid, std::rc::Rc<Shape>>> = RefCell::new(HashMap::new());
+    }
+
+    /// The shape of an open captured table.
+    pub unsafe fn of(rel: pg_sys::Relation) -> std::rc::Rc<Shape> {
         let relid = (*rel).rd_id;
-        if let Some(name) = SOURCES.with(|s| s.borrow().get(&relid).cloned()) {
-            return name;
+        let desc = (*rel).rd_att;
+        let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+        if let Some(shape) = SHAPES.with(|s| s.borrow().get(&relid).cloned()) {
+            let current = shape.columns.len() == attrs.len()
+                && shape
+                    .columns
+                    .iter()
+                    .zip(attrs)
+                    .all(|(c, a)| c.0 == a.atttypid);
+            if current {
+                return shape;
+            }
         }
         let schema = pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace);
         let name = (*(*rel).rd_rel).relname.data.as_ptr();
@@ -546,14 +566,28 @@ mod shapes {
                 .to_string_lossy()
                 .into_owned()
         };
-        let source: std::rc::Rc<str> = format!("{}.{}", q(schema), q(name)).into();
-        SOURCES.with(|s| s.borrow_mut().insert(relid, source.clone()));
-        source
+        let columns = attrs
+            .iter()
+            .map(|a| {
+                let info = if a.attisdropped || json::converts(a.atttypid) {
+                    std::ptr::null_mut()
+                } else {
+                    json::to_jsonb_info(a.atttypid)
+                };
+                (a.atttypid, info)
+            })
+            .collect();
+        let shape = std::rc::Rc::new(Shape {
+            source: format!("{}.{}", q(schema), q(name)),
+            columns,
+        });
+        SHAPES.with(|s| s.borrow_mut().insert(relid, shape.clone()));
+        shape
     }
 
-    /// Forget names (a table was altered or renamed). Never raises.
+    /// Forget every table. Never raises.
     pub fn invalidate() {
-        SOURCES.with(|s| {
+        SHAPES.with(|s| {
             if let Ok(mut s) = s.try_borrow_mut() {
                 s.clear();
             }
@@ -598,40 +632,72 @@ mod json {
     use pg_sys::JsonbIteratorToken::{WJB_BEGIN_OBJECT, WJB_END_OBJECT, WJB_KEY, WJB_VALUE};
 
     thread_local! {
-        /// `to_jsonb` call info per value type.
+        /// `to_jsonb` call info per value type (kept for the backend's life).
         static TO_JSONB: RefCell<HashMap<pg_sys::Oid, *mut pg_sys::FmgrInfo>> = RefCell::new(HashMap::new());
     }
 
-    /// `{"name": {"column": value, ...}, ...}` for each `(name, row, columns)` part.
-    pub unsafe fn details(
-        desc: pg_sys::TupleDesc,
-        parts: &[(&'static str, &Row, Cols)],
-    ) -> pg_sys::Datum {
-        let mut state: *mut pg_sys::JsonbParseState = std::ptr::null_mut();
-        pg_sys::pushJsonbValue(&mut state, WJB_BEGIN_OBJECT, std::ptr::null_mut());
-        let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
-        for (name, row, cols) in parts {
-            let mut key = string(name.as_ptr() as *mut std::ffi::c_char, name.len());
-            pg_sys::pushJsonbValue(&mut state, WJB_KEY, &mut key);
-            pg_sys::pushJsonbValue(&mut state, WJB_BEGIN_OBJECT, std::ptr::null_mut());
-            for (i, a) in attrs.iter().enumerate() {
-                if !cols.contains(i) || a.attisdropped {
-                    continue;
-                }
-                let attname = a.attname.data.as_ptr() as *mut std::ffi::c_char;
-                let mut key = string(attname, std::ffi::CStr::from_ptr(attname).to_bytes().len());
-                pg_sys::pushJsonbValue(&mut state, WJB_KEY, &mut key);
-                let mut value = scalar(a.atttypid, row.values[i], row.nulls[i]);
-                pg_sys::pushJsonbValue(&mut state, WJB_VALUE, &mut value);
-            }
-            pg_sys::pushJsonbValue(&mut state, WJB_END_OBJECT, std::ptr::null_mut());
+    /// Does `scalar` convert values of this type itself (always, or in the common case:
+    /// numeric NaN and infinities still go through `to_jsonb`)?
+    pub fn converts(type_oid: pg_sys::Oid) -> bool {
+        #[cfg(not(feature = "pg13"))]
+        if matches!(
+            type_oid,
+            pg_sys::INT2OID | pg_sys::INT4OID | pg_sys::INT8OID
+        ) {
+            return true;
         }
-        let result = pg_sys::pushJsonbValue(&mut state, WJB_END_OBJECT, std::ptr::null_mut());
-        pg_sys::Datum::from(pg_sys::JsonbValueToJsonb(result))
+        matches!(
+            type_oid,
+            pg_sys::BOOLOID | pg_sys::TEXTOID | pg_sys::VARCHAROID | pg_sys::JSONBOID
+        )
     }
 
-    unsafe fn string(ptr: *mut std::ffi::c_char, len: usize) -> pg_sys::JsonbValue {
-        let mut v: pg_sys::JsonbValue = std::mem::zeroed();
+    /// `{"name": {"column": value, ...}, ...}` for each `(name, row, columns)` part, built
+    /// inside one error boundary (see `raw`).
+    pub unsafe fn details(
+        desc: pg_sys::TupleDesc,
+        shape: &shapes::Shape,
+        parts: &[(&'static str, &Row, Cols)],
+    ) -> pg_sys::Datum {
+        let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+        raw::guarded(|| build(attrs, shape, parts))
+    }
+
+    /// # Safety
+    /// Inside `raw::guarded`; `shape` describes the table of `attrs` (checked by `shapes::of`).
+    unsafe fn build(
+        attrs: &[pg_sys::FormData_pg_attribute],
+        shape: &shapes::Shape,
+        parts: &[(&'static str, &Row, Cols)],
+    ) -> pg_sys::Datum {
+        unsafe {
+            let mut state: *mut pg_sys::JsonbParseState = std::ptr::null_mut();
+            raw::pushJsonbValue(&mut state, WJB_BEGIN_OBJECT, std::ptr::null_mut());
+            for (name, row, cols) in parts {
+                let mut key = string(name.as_ptr() as *mut std::ffi::c_char, name.len());
+                raw::pushJsonbValue(&mut state, WJB_KEY, &mut key);
+                raw::pushJsonbValue(&mut state, WJB_BEGIN_OBJECT, std::ptr::null_mut());
+                for (i, a) in attrs.iter().enumerate() {
+                    if !cols.contains(i) || a.attisdropped {
+                        continue;
+                    }
+                    let attname = a.attname.data.as_ptr() as *mut std::ffi::c_char;
+                    let mut key =
+                        string(attname, std::ffi::CStr::from_ptr(attname).to_bytes().len());
+                    raw::pushJsonbValue(&mut state, WJB_KEY, &mut key);
+                    let mut value =
+                        scalar(a.atttypid, shape.columns[i].1, row.values[i], row.nulls[i]);
+                    raw::pushJsonbValue(&mut state, WJB_VALUE, &mut value);
+                }
+                raw::pushJsonbValue(&mut state, WJB_END_OBJECT, std::ptr::null_mut());
+            }
+            let result = raw::pushJsonbValue(&mut state, WJB_END_OBJECT, std::ptr::null_mut());
+            pg_sys::Datum::from(raw::JsonbValueToJsonb(result))
+        }
+    }
+
+    fn string(ptr: *mut std::ffi::c_char, len: usize) -> pg_sys::JsonbValue {
+        let mut v: pg_sys::JsonbValue = unsafe { std::mem::zeroed() };
         v.type_ = pg_sys::jbvType::jbvString;
         v.val.string.val = ptr;
         v.val.string.len = len as i32;
@@ -640,72 +706,78 @@ mod json {
 
     /// One column value as a jsonb value (pushJsonbValue copies nothing until the end, so
     /// the pointers must stay valid until `JsonbValueToJsonb`; they point into the row or
-    /// into memory of the current context).
+    /// into memory of the current context). Inside `raw::guarded`; `info` is the type's
+    /// `to_jsonb` info unless `converts(type_oid)`.
     unsafe fn scalar(
         type_oid: pg_sys::Oid,
+        info: *mut pg_sys::FmgrInfo,
         datum: pg_sys::Datum,
         null: bool,
     ) -> pg_sys::JsonbValue {
-        let mut v: pg_sys::JsonbValue = std::mem::zeroed();
-        if null {
-            v.type_ = pg_sys::jbvType::jbvNull;
-            return v;
-        }
-        match type_oid {
-            pg_sys::BOOLOID => {
-                v.type_ = pg_sys::jbvType::jbvBool;
-                v.val.boolean = datum.value() != 0;
+        unsafe {
+            let mut v: pg_sys::JsonbValue = std::mem::zeroed();
+            if null {
+                v.type_ = pg_sys::jbvType::jbvNull;
                 return v;
             }
-            #[cfg(not(feature = "pg13"))]
-            pg_sys::INT2OID | pg_sys::INT4OID | pg_sys::INT8OID => {
-                let n = match type_oid {
-                    pg_sys::INT2OID => datum.value() as i16 as i64,
-                    pg_sys::INT4OID => datum.value() as i32 as i64,
-                    _ => datum.value() as i64,
-                };
-                v.type_ = pg_sys::jbvType::jbvNumeric;
-                v.val.numeric = pg_sys::int64_to_numeric(n);
-                return v;
-            }
-            pg_sys::NUMERICOID => {
-                let n = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) as pg_sys::Numeric;
-                // NaN and infinities are not JSON numbers: to_jsonb makes them strings
-                if !pg_sys::numeric_is_nan(n) && !numeric_is_inf(n) {
-                    v.type_ = pg_sys::jbvType::jbvNumeric;
-                    v.val.numeric = n;
+            match type_oid {
+                pg_sys::BOOLOID => {
+                    v.type_ = pg_sys::jbvType::jbvBool;
+                    v.val.boolean = datum.value() != 0;
                     return v;
                 }
+                #[cfg(not(feature = "pg13"))]
+                pg_sys::INT2OID | pg_sys::INT4OID | pg_sys::INT8OID => {
+                    let n = match type_oid {
+                        pg_sys::INT2OID => datum.value() as i16 as i64,
+                        pg_sys::INT4OID => datum.value() as i32 as i64,
+                        _ => datum.value() as i64,
+                    };
+                    v.type_ = pg_sys::jbvType::jbvNumeric;
+                    v.val.numeric = raw::int64_to_numeric(n);
+                    return v;
+                }
+                pg_sys::NUMERICOID => {
+                    let n = raw::pg_detoast_datum(datum.cast_mut_ptr()) as pg_sys::Numeric;
+                    // NaN and infinities are not JSON numbers: to_jsonb makes them strings
+                    if !raw::numeric_is_nan(n) && !numeric_is_inf(n) {
+                        v.type_ = pg_sys::jbvType::jbvNumeric;
+                        v.val.numeric = n;
+                        return v;
+                    }
+                }
+                pg_sys::TEXTOID | pg_sys::VARCHAROID => {
+                    let t = raw::pg_detoast_datum_packed(datum.cast_mut_ptr());
+                    return string(
+                        pgrx::varlena::vardata_any(t) as *mut std::ffi::c_char,
+                        pgrx::varlena::varsize_any_exhdr(t),
+                    );
+                }
+                pg_sys::JSONBOID => {
+                    let jb = raw::pg_detoast_datum(datum.cast_mut_ptr()) as *mut pg_sys::Jsonb;
+                    return binary(jb);
+                }
+                _ => {}
             }
-            pg_sys::TEXTOID | pg_sys::VARCHAROID => {
-                let t = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
-                return string(
-                    pgrx::varlena::vardata_any(t) as *mut std::ffi::c_char,
-                    pgrx::varlena::varsize_any_exhdr(t),
-                );
-            }
-            pg_sys::JSONBOID => {
-                let jb = pg_sys::pg_detoast_datum(datum.cast_mut_ptr()) as *mut pg_sys::Jsonb;
-                v.type_ = pg_sys::jbvType::jbvBinary;
-                v.val.binary.data = &mut (*jb).root;
-                v.val.binary.len = (pgrx::varlena::varsize(jb as *const pg_sys::varlena)
-                    - pg_sys::VARHDRSZ) as i32;
-                return v;
-            }
-            _ => {}
+            // Everything else: to_jsonb(value), embedded (pushJsonbValue unpacks binary values).
+            binary(call(info, datum).cast_mut_ptr::<pg_sys::Jsonb>())
         }
-        // Everything else: to_jsonb(value), embedded (pushJsonbValue unpacks binary values).
-        let jb = to_jsonb(type_oid, datum).cast_mut_ptr::<pg_sys::Jsonb>();
-        v.type_ = pg_sys::jbvType::jbvBinary;
-        v.val.binary.data = &mut (*jb).root;
-        v.val.binary.len =
-            (pgrx::varlena::varsize(jb as *const pg_sys::varlena) - pg_sys::VARHDRSZ) as i32;
-        v
     }
 
-    #[cfg(not(any(feature = "pg13")))]
+    unsafe fn binary(jb: *mut pg_sys::Jsonb) -> pg_sys::JsonbValue {
+        unsafe {
+            let mut v: pg_sys::JsonbValue = std::mem::zeroed();
+            v.type_ = pg_sys::jbvType::jbvBinary;
+            v.val.binary.data = &mut (*jb).root;
+            v.val.binary.len =
+                (pgrx::varlena::varsize(jb as *const pg_sys::varlena) - pg_sys::VARHDRSZ) as i32;
+            v
+        }
+    }
+
+    #[cfg(not(feature = "pg13"))]
     unsafe fn numeric_is_inf(n: pg_sys::Numeric) -> bool {
-        pg_sys::numeric_is_inf(n)
+        unsafe { raw::numeric_is_inf(n) }
     }
 
     #[cfg(feature = "pg13")]
@@ -742,33 +814,32 @@ mod json {
         info
     }
 
-    unsafe fn call(info: *mut pg_sys::FmgrInfo, args: &[pg_sys::Datum]) -> pg_sys::Datum {
-        let size = std::mem::size_of::<pg_sys::FunctionCallInfoBaseData>()
-            + args.len() * std::mem::size_of::<pg_sys::NullableDatum>();
-        let fcinfo = pg_sys::palloc0(size) as pg_sys::FunctionCallInfo;
-        (*fcinfo).flinfo = info;
-        (*fcinfo).nargs = args.len() as i16;
-        (*fcinfo).fncollation = pg_sys::DEFAULT_COLLATION_OID;
-        let slots = (*fcinfo).args.as_mut_slice(args.len());
-        for (slot, value) in slots.iter_mut().zip(args) {
-            *slot = pg_sys::NullableDatum {
-                value: *value,
+    /// One-argument call of a builtin, inside `raw::guarded`.
+    unsafe fn call(info: *mut pg_sys::FmgrInfo, arg: pg_sys::Datum) -> pg_sys::Datum {
+        unsafe {
+            let size = std::mem::size_of::<pg_sys::FunctionCallInfoBaseData>()
+                + std::mem::size_of::<pg_sys::NullableDatum>();
+            let fcinfo = raw::palloc0(size) as pg_sys::FunctionCallInfo;
+            (*fcinfo).flinfo = info;
+            (*fcinfo).nargs = 1;
+            (*fcinfo).fncollation = pg_sys::DEFAULT_COLLATION_OID;
+            (*fcinfo).args.as_mut_slice(1)[0] = pg_sys::NullableDatum {
+                value: arg,
                 isnull: false,
             };
+            let f = (*info).fn_addr.unwrap_unchecked(); // fmgr_info always sets it
+            f(fcinfo)
         }
-        let f = (*info).fn_addr.expect("builtin has an address");
-        let result = pg_sys::ffi::pg_guard_ffi_boundary(|| f(fcinfo));
-        pg_sys::pfree(fcinfo as *mut std::ffi::c_void);
-        result
     }
 
-    pub unsafe fn to_jsonb(value_type: pg_sys::Oid, value: pg_sys::Datum) -> pg_sys::Datum {
-        let info = TO_JSONB.with(|m| {
-            *m.borrow_mut()
-                .entry(value_type)
-                .or_insert_with(|| polymorphic(pg_sys::F_TO_JSONB, pg_sys::JSONBOID, &[value_type]))
-        });
-        call(info, &[value])
+    /// The `to_jsonb` call info for values of a type (looked up once per backend).
+    pub unsafe fn to_jsonb_info(value_type: pg_sys::Oid) -> *mut pg_sys::FmgrInfo {
+        if let Some(info) = TO_JSONB.with(|m| m.borrow().get(&value_type).copied()) {
+            return info;
+        }
+        let info = polymorphic(pg_sys::F_TO_JSONB, pg_sys::JSONBOID, &[value_type]);
+        TO_JSONB.with(|m| m.borrow_mut().insert(value_type, info));
+        info
     }
 }
 

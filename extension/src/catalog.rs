@@ -87,7 +87,7 @@ pub fn oids() -> Oids {
 /// Forget everything cached about Herald's objects (after DDL on them, or DROP EXTENSION).
 fn reset() {
     OIDS.with(|c| c.set(None));
-    crate::events::indexes::invalidate();
+    crate::events::layout::invalidate();
     crate::dispatch::invalidate_tupdesc();
     crate::listeners::invalidate_cache();
 }

@@ -62,16 +62,40 @@ pub struct EventValue {
     pub listener: i64,
 }
 
-impl EventValue {
+/// One event on its way to storage or a handler, borrowing its texts (producers build one
+/// per event and reuse it for every listener without copying).
+#[derive(Clone, Copy)]
+pub struct EventRow<'a> {
+    pub id: i64,
+    pub queue: Option<&'a str>,
+    pub r#type: &'a str,
+    pub action: &'a str,
+    pub source: Option<&'a str>,
+    pub details: pg_sys::Datum,
+    pub created_at: pg_sys::TimestampTz,
+    pub listener: i64,
+}
+
+impl<'a> EventRow<'a> {
     /// The same event as delivered to one listener (through `queue`, or directly if None).
-    pub fn for_listener(&self, queue: Option<String>, listener: i64) -> EventValue {
-        EventValue {
+    pub fn for_listener(&self, queue: Option<&'a str>, listener: i64) -> EventRow<'a> {
+        EventRow {
             queue,
             listener,
-            r#type: self.r#type.clone(),
-            action: self.action.clone(),
-            source: self.source.clone(),
             ..*self
+        }
+    }
+
+    pub fn to_value(self) -> EventValue {
+        EventValue {
+            id: self.id,
+            queue: self.queue.map(str::to_string),
+            r#type: self.r#type.to_string(),
+            action: self.action.to_string(),
+            source: self.source.map(str::to_string),
+            details: self.details,
+            created_at: self.created_at,
+            listener: self.listener,
         }
     }
 }

@@ -8,9 +8,10 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode as Code;
 
 use crate::catalog;
-use crate::dispatch::{self, EventValue};
+use crate::dispatch::{self, EventRow, EventValue};
 use crate::errors::{self, raise};
 use crate::listeners::{self, Listener, RESERVED_TYPES};
+use crate::raw;
 use crate::wakeup;
 
 #[unsafe(no_mangle)]
@@ -80,12 +81,13 @@ pub fn emit(r#type: &str, action: &str, details: pg_sys::Datum) -> i64 {
     if listeners.is_empty() {
         return id;
     }
-    let event = EventValue {
+    let source = catalog::role_name(catalog::current_user());
+    let event = EventRow {
         id,
         queue: None,
-        r#type: r#type.to_string(),
-        action: action.to_string(),
-        source: Some(catalog::role_name(catalog::current_user())),
+        r#type,
+        action,
+        source: Some(&source),
         details,
         created_at: unsafe { pg_sys::GetCurrentTransactionStartTimestamp() },
         listener: 0,
@@ -101,7 +103,7 @@ pub fn emit(r#type: &str, action: &str, details: pg_sys::Datum) -> i64 {
 }
 
 /// Deliver one event to one listener, the way the listener asked for.
-pub fn deliver(event: &EventValue, l: &Listener) {
+pub fn deliver(event: &EventRow, l: &Listener) {
     if l.queue.is_some() {
         enqueue(event, l);
     } else if l.sync {
@@ -117,8 +119,8 @@ pub fn next_event_id() -> i64 {
 }
 
 /// Persist the event into the listener's queue and wake the queue's drainer at commit.
-pub fn enqueue(event: &EventValue, l: &Listener) {
-    let row = event.for_listener(l.queue.clone(), l.id);
+pub fn enqueue(event: &EventRow, l: &Listener) {
+    let row = event.for_listener(l.queue.as_deref(), l.id);
     insert_row(catalog::oids().event_rel, &row);
     if let (Some(queue_id), true) = (l.queue_id, l.queue_running) {
         wakeup::wake_at_commit(queue_id);
@@ -126,7 +128,7 @@ pub fn enqueue(event: &EventValue, l: &Listener) {
 }
 
 /// Store the event for a session listener and wake its session at commit.
-fn to_session(event: &EventValue, l: &Listener, pid: i32) {
+fn to_session(event: &EventRow, l: &Listener, pid: i32) {
     let row = event.for_listener(None, l.id);
     insert_row(catalog::oids().session_event_rel, &row);
     wakeup::wake_backend_at_commit(pid);
@@ -137,69 +139,122 @@ fn to_session(event: &EventValue, l: &Listener, pid: i32) {
 /// and the capture trigger), and both are Herald's own tables: no triggers, rules, policies
 /// or constraints beyond their primary key (checked by the unique index insertion) and NOT
 /// NULLs (always supplied here).
-fn insert_row(rel_oid: pg_sys::Oid, row: &EventValue) {
+fn insert_row(rel_oid: pg_sys::Oid, row: &EventRow) {
     unsafe {
+        // Opening the table takes its lock and processes pending invalidations, so the
+        // layout looked up next describes the table as it is now.
         let rel = pg_sys::table_open(rel_oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-        let desc = (*rel).rd_att;
-        let (mut values, mut nulls) = dispatch::event_values(row, desc);
-        let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
-        let indexes = indexes::of(rel);
-        if indexes.plain {
-            pg_sys::simple_heap_insert(rel, tuple);
-            indexes.insert(rel, tuple, &values, &nulls);
-        } else {
-            pg_sys::CatalogTupleInsert(rel, tuple); // an index was added by hand: the general way
-        }
-        pg_sys::heap_freetuple(tuple);
-        pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        let layout = layout::of(rel);
+        raw::guarded(|| layout.insert(rel, row));
     }
 }
 
-/// The indexes of Herald's event tables, described once per backend (what the executor
-/// rebuilds for every statement). Forgotten on any relcache invalidation of the tables.
-pub mod indexes {
+/// How rows of Herald's event tables are made: which event field goes into which column
+/// (matched by name, so the code survives columns added by later versions) and the index
+/// descriptions (what the executor rebuilds for every statement), kept per backend.
+pub mod layout {
     use pgrx::prelude::*;
     use std::cell::RefCell;
     use std::collections::HashMap;
     use std::rc::Rc;
 
-    pub struct Indexes {
+    use crate::dispatch::EventRow;
+    use crate::raw;
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Field {
+        Id,
+        Queue,
+        Type,
+        Action,
+        Source,
+        Details,
+        CreatedAt,
+        Listener,
+        /// A dropped column, or one this version does not know (left NULL).
+        None,
+    }
+
+    pub struct Layout {
+        fields: Vec<Field>,
         /// Every index is ready and on plain columns (no expressions, predicates or
         /// exclusion constraints): entries can be made from the heap values directly.
-        pub plain: bool,
-        list: Vec<(pg_sys::Oid, *mut pg_sys::IndexInfo)>,
+        plain: bool,
+        indexes: Vec<(pg_sys::Oid, *mut pg_sys::IndexInfo)>,
+        /// Where the IndexInfos live; deleted with the layout.
+        context: pg_sys::MemoryContext,
+    }
+
+    impl Drop for Layout {
+        fn drop(&mut self) {
+            unsafe { pg_sys::MemoryContextDelete(self.context) };
+        }
     }
 
     thread_local! {
-        static CACHE: RefCell<HashMap<pg_sys::Oid, Rc<Indexes>>> = RefCell::new(HashMap::new());
+        static CACHE: RefCell<HashMap<pg_sys::Oid, Rc<Layout>>> = RefCell::new(HashMap::new());
     }
 
-    /// Forget everything (relcache callback; never raises).
+    /// Forget every layout (relcache callback; never raises). One still in use is freed
+    /// when its user is done with it.
     pub fn invalidate() {
-        CACHE.with(|c| {
-            if let Ok(mut c) = c.try_borrow_mut() {
-                c.clear(); // the IndexInfos stay allocated: a few hundred bytes per DDL
-            }
-        });
+        let old = CACHE.with(|c| c.try_borrow_mut().map(|mut c| std::mem::take(&mut *c)));
+        drop(old);
     }
 
-    pub unsafe fn of(rel: pg_sys::Relation) -> Rc<Indexes> {
+    /// The layout of an open event table.
+    pub unsafe fn of(rel: pg_sys::Relation) -> Rc<Layout> {
         let relid = (*rel).rd_id;
-        if let Some(found) = CACHE.with(|c| c.borrow().get(&relid).cloned()) {
-            return found;
+        if let Some(layout) = CACHE.with(|c| c.borrow().get(&relid).cloned()) {
+            return layout;
         }
+        let layout = Rc::new(build(rel));
+        CACHE.with(|c| c.borrow_mut().insert(relid, layout.clone()));
+        layout
+    }
+
+    unsafe fn build(rel: pg_sys::Relation) -> Layout {
+        let desc = (*rel).rd_att;
+        let fields = (*desc)
+            .attrs
+            .as_slice((*desc).natts as usize)
+            .iter()
+            .map(|att| {
+                if att.attisdropped {
+                    return Field::None;
+                }
+                match std::ffi::CStr::from_ptr(att.attname.data.as_ptr()).to_bytes() {
+                    b"id" => Field::Id,
+                    b"queue" => Field::Queue,
+                    b"type" => Field::Type,
+                    b"action" => Field::Action,
+                    b"source" => Field::Source,
+                    b"details" => Field::Details,
+                    b"created_at" => Field::CreatedAt,
+                    b"listener" => Field::Listener,
+                    _ => Field::None,
+                }
+            })
+            .collect();
+        let context = pg_sys::AllocSetContextCreateExtended(
+            pg_sys::TopMemoryContext,
+            c"herald event table layout".as_ptr(),
+            pg_sys::ALLOCSET_SMALL_MINSIZE as usize,
+            pg_sys::ALLOCSET_SMALL_INITSIZE as usize,
+            pg_sys::ALLOCSET_SMALL_MAXSIZE as usize,
+        );
         let oids = pg_sys::RelationGetIndexList(rel);
-        let mut list = Vec::new();
-        let mut plain = true;
         let n = if oids.is_null() {
             0
         } else {
             (*oids).length as usize
         };
+        let mut indexes = Vec::with_capacity(n);
+        let mut plain = true;
         for i in 0..n {
             let oid = (*(*oids).elements.add(i)).oid_value;
             let index = pg_sys::index_open(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-            let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+            let old = pg_sys::MemoryContextSwitchTo(context);
             let info = pg_sys::BuildIndexInfo(index);
             pg_sys::MemoryContextSwitchTo(old);
             pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
@@ -207,48 +262,78 @@ pub mod indexes {
                 && (*info).ii_Expressions.is_null()
                 && (*info).ii_Predicate.is_null()
                 && (*info).ii_ExclusionOps.is_null();
-            list.push((oid, info));
+            indexes.push((oid, info));
         }
-        let indexes = Rc::new(Indexes { plain, list });
-        CACHE.with(|c| c.borrow_mut().insert(relid, indexes.clone()));
-        indexes
+        Layout {
+            fields,
+            plain,
+            indexes,
+            context,
+        }
     }
 
-    impl Indexes {
-        /// Make the index entries of a freshly inserted heap tuple (unique ones checked).
-        pub unsafe fn insert(
-            &self,
-            rel: pg_sys::Relation,
-            tuple: pg_sys::HeapTuple,
-            values: &[pg_sys::Datum],
-            nulls: &[bool],
-        ) {
-            for &(oid, info) in &self.list {
-                let index = pg_sys::index_open(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-                let nkeys = (*info).ii_NumIndexAttrs as usize;
-                let mut key_values = [pg_sys::Datum::from(0); pg_sys::INDEX_MAX_KEYS as usize];
-                let mut key_nulls = [false; pg_sys::INDEX_MAX_KEYS as usize];
-                for k in 0..nkeys {
-                    let attno = (*info).ii_IndexAttrNumbers[k] as usize;
-                    key_values[k] = values[attno - 1];
-                    key_nulls[k] = nulls[attno - 1];
+    impl Layout {
+        /// Form the row's tuple and insert it with its index entries (unique ones checked).
+        ///
+        /// # Safety
+        /// Inside `raw::guarded` (see its rules), with `rel` opened by the caller; closes it.
+        pub unsafe fn insert(&self, rel: pg_sys::Relation, row: &EventRow) {
+            unsafe {
+                let natts = self.fields.len();
+                let values =
+                    raw::palloc(natts * std::mem::size_of::<pg_sys::Datum>()) as *mut pg_sys::Datum;
+                let nulls = raw::palloc(natts) as *mut bool;
+                for (i, field) in self.fields.iter().enumerate() {
+                    let value = match field {
+                        Field::Id => Some(pg_sys::Datum::from(row.id)),
+                        Field::Queue => row.queue.map(|q| raw::text_datum(q)),
+                        Field::Type => Some(raw::text_datum(row.r#type)),
+                        Field::Action => Some(raw::text_datum(row.action)),
+                        Field::Source => row.source.map(|s| raw::text_datum(s)),
+                        Field::Details => Some(row.details),
+                        Field::CreatedAt => Some(pg_sys::Datum::from(row.created_at)),
+                        Field::Listener => Some(pg_sys::Datum::from(row.listener)),
+                        Field::None => None,
+                    };
+                    *values.add(i) = value.unwrap_or(pg_sys::Datum::from(0));
+                    *nulls.add(i) = value.is_none();
                 }
-                let check = if (*(*index).rd_index).indisunique {
-                    pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES
+                let tuple = raw::heap_form_tuple((*rel).rd_att, values, nulls);
+                if self.plain {
+                    raw::simple_heap_insert(rel, tuple);
+                    for &(oid, info) in &self.indexes {
+                        let index =
+                            raw::index_open(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+                        let nkeys = (*info).ii_NumIndexAttrs as usize;
+                        let mut key_values =
+                            [pg_sys::Datum::from(0); pg_sys::INDEX_MAX_KEYS as usize];
+                        let mut key_nulls = [false; pg_sys::INDEX_MAX_KEYS as usize];
+                        for k in 0..nkeys {
+                            let attno = (*info).ii_IndexAttrNumbers[k] as usize;
+                            key_values[k] = *values.add(attno - 1);
+                            key_nulls[k] = *nulls.add(attno - 1);
+                        }
+                        let check = if (*(*index).rd_index).indisunique {
+                            pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES
+                        } else {
+                            pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO
+                        };
+                        raw::index_insert(
+                            index,
+                            key_values.as_mut_ptr(),
+                            key_nulls.as_mut_ptr(),
+                            &mut (*tuple).t_self,
+                            rel,
+                            check,
+                            info,
+                        );
+                        raw::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+                    }
                 } else {
-                    pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO
-                };
-                pg_sys::index_insert(
-                    index,
-                    key_values.as_mut_ptr(),
-                    key_nulls.as_mut_ptr(),
-                    &mut (*tuple).t_self,
-                    rel,
-                    check,
-                    false,
-                    info,
-                );
-                pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+                    raw::CatalogTupleInsert(rel, tuple); // an index was added by hand: the general way
+                }
+                raw::heap_freetuple(tuple);
+                raw::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
             }
         }
     }
@@ -256,8 +341,8 @@ pub mod indexes {
 
 /// Run a synchronous listener's handler in the producing transaction, in a subtransaction:
 /// a failing handler is reported as a WARNING and logged, and the producer goes on.
-pub fn deliver_sync(event: &EventValue, l: &Listener) {
-    let value = event.for_listener(None, l.id);
+pub fn deliver_sync(event: &EventRow, l: &Listener) {
+    let value = event.for_listener(None, l.id).to_value();
     let datum = dispatch::event_datum(&value);
     if let Err(e) = dispatch::call_in_subtransaction(l.handler, datum, None) {
         errors::warning(

@@ -9,6 +9,7 @@
 //! - [`dispatch`]: building `herald.event` values and calling handlers in subtransactions
 //! - [`wakeup`]: waking a queue's drainer at commit without NOTIFY
 //! - [`plans`]: kept plans of Herald's internal statements
+//! - [`raw`]: direct PostgreSQL calls for the producer hot paths, one error boundary per step
 //! - [`catalog`]: backend-local lookups of Herald's own objects and owner switching
 use pgrx::prelude::*;
 
@@ -20,6 +21,7 @@ mod events;
 mod listeners;
 mod plans;
 mod queues;
+mod raw;
 mod sessions;
 mod wakeup;
 

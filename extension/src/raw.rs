@@ -1,0 +1,119 @@
+//! Direct calls into PostgreSQL for the producer hot paths (the capture trigger and
+//! `herald.emit`), inside one error boundary per step.
+//!
+//! pgrx wraps every PostgreSQL function it binds in an error boundary of its own (a
+//! `sigsetjmp`, a thread check and the save and restore of PostgreSQL's error stacks), so
+//! that an `ERROR` raised in C becomes a Rust panic. That costs little once, but building
+//! an event's `details` and inserting its row took about thirty such calls per event, on
+//! the write path of every captured table. Code here makes a whole step one boundary:
+//! [`guarded`] runs a closure under pgrx's boundary, and the closure calls the unguarded
+//! functions declared below.
+//!
+//! Rules for code running inside [`guarded`] (an `ERROR` longjmps straight back to the
+//! boundary, over every Rust frame in between):
+//! - no value with a destructor may be alive across a call into PostgreSQL (borrow, use
+//!   and drop a `RefCell` or cache entry between calls, never across one);
+//! - it must not panic, and must not call pgrx-wrapped functions (whose errors panic);
+//! - memory comes from `palloc`, in the caller's memory context.
+use pgrx::pg_sys;
+
+/// Run `f` inside one PostgreSQL error boundary: an `ERROR` raised by a direct call in `f`
+/// ends up as a pgrx error in the caller, exactly as with pgrx's own wrappers.
+///
+/// # Safety
+/// `f` must follow the rules in the module documentation.
+#[inline]
+pub unsafe fn guarded<T>(f: impl FnOnce() -> T) -> T {
+    unsafe { pg_sys::ffi::pg_guard_ffi_boundary(f) }
+}
+
+// The signatures are those of PostgreSQL 13 to 17 (checked against pgrx's bindings).
+unsafe extern "C-unwind" {
+    pub fn palloc(size: usize) -> *mut std::ffi::c_void;
+    pub fn palloc0(size: usize) -> *mut std::ffi::c_void;
+    pub fn cstring_to_text_with_len(s: *const std::ffi::c_char, len: i32) -> *mut pg_sys::text;
+    pub fn table_close(rel: pg_sys::Relation, lockmode: pg_sys::LOCKMODE);
+    pub fn index_open(relid: pg_sys::Oid, lockmode: pg_sys::LOCKMODE) -> pg_sys::Relation;
+    pub fn index_close(rel: pg_sys::Relation, lockmode: pg_sys::LOCKMODE);
+    pub fn heap_form_tuple(
+        desc: pg_sys::TupleDesc,
+        values: *mut pg_sys::Datum,
+        isnull: *mut bool,
+    ) -> pg_sys::HeapTuple;
+    pub fn heap_freetuple(tuple: pg_sys::HeapTuple);
+    pub fn simple_heap_insert(rel: pg_sys::Relation, tuple: pg_sys::HeapTuple);
+    pub fn CatalogTupleInsert(rel: pg_sys::Relation, tuple: pg_sys::HeapTuple);
+    #[cfg(feature = "pg13")]
+    #[link_name = "index_insert"]
+    fn index_insert_13(
+        index: pg_sys::Relation,
+        values: *mut pg_sys::Datum,
+        isnull: *mut bool,
+        tid: pg_sys::ItemPointer,
+        heap: pg_sys::Relation,
+        check: pg_sys::IndexUniqueCheck::Type,
+        info: *mut pg_sys::IndexInfo,
+    ) -> bool;
+    #[cfg(not(feature = "pg13"))]
+    #[link_name = "index_insert"]
+    fn index_insert_14(
+        index: pg_sys::Relation,
+        values: *mut pg_sys::Datum,
+        isnull: *mut bool,
+        tid: pg_sys::ItemPointer,
+        heap: pg_sys::Relation,
+        check: pg_sys::IndexUniqueCheck::Type,
+        unchanged: bool,
+        info: *mut pg_sys::IndexInfo,
+    ) -> bool;
+    pub fn pushJsonbValue(
+        state: *mut *mut pg_sys::JsonbParseState,
+        token: pg_sys::JsonbIteratorToken::Type,
+        value: *mut pg_sys::JsonbValue,
+    ) -> *mut pg_sys::JsonbValue;
+    pub fn JsonbValueToJsonb(value: *mut pg_sys::JsonbValue) -> *mut pg_sys::Jsonb;
+    #[cfg(not(feature = "pg13"))]
+    pub fn int64_to_numeric(value: i64) -> pg_sys::Numeric;
+    #[cfg(not(feature = "pg13"))]
+    pub fn numeric_is_inf(n: pg_sys::Numeric) -> bool;
+    pub fn numeric_is_nan(n: pg_sys::Numeric) -> bool;
+    pub fn pg_detoast_datum(datum: *mut pg_sys::varlena) -> *mut pg_sys::varlena;
+    pub fn pg_detoast_datum_packed(datum: *mut pg_sys::varlena) -> *mut pg_sys::varlena;
+}
+
+/// `index_insert` (new index entry for a fresh heap tuple; `indexUnchanged` is false).
+///
+/// # Safety
+/// As `index_insert`, inside [`guarded`].
+pub unsafe fn index_insert(
+    index: pg_sys::Relation,
+    values: *mut pg_sys::Datum,
+    isnull: *mut bool,
+    tid: pg_sys::ItemPointer,
+    heap: pg_sys::Relation,
+    check: pg_sys::IndexUniqueCheck::Type,
+    info: *mut pg_sys::IndexInfo,
+) -> bool {
+    #[cfg(feature = "pg13")]
+    unsafe {
+        index_insert_13(index, values, isnull, tid, heap, check, info)
+    }
+    #[cfg(not(feature = "pg13"))]
+    unsafe {
+        index_insert_14(index, values, isnull, tid, heap, check, false, info)
+    }
+}
+
+/// A `text` datum copied from `s` (palloc'd in the current memory context).
+///
+/// # Safety
+/// Inside [`guarded`].
+#[inline]
+pub unsafe fn text_datum(s: &str) -> pg_sys::Datum {
+    unsafe {
+        pg_sys::Datum::from(cstring_to_text_with_len(
+            s.as_ptr() as *const std::ffi::c_char,
+            s.len() as i32,
+        ))
+    }
+}
