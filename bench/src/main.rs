@@ -174,7 +174,9 @@ fn cores() -> usize {
 }
 
 /// Data-change capture: the same write with no listener, with one Herald queue listener at
-/// level 2, and with the do-it-yourself PL/pgSQL trigger that stores `to_jsonb(NEW)`.
+/// level 2, and with the do-it-yourself PL/pgSQL trigger that stores `to_jsonb(NEW)`. As a
+/// reference, also with a rule that writes a bare two-column row per change: no trigger, no
+/// payload, the least any design that stores one row per change can cost.
 async fn capture(
     cluster: &PgCluster,
     db: &tokio_postgres::Client,
@@ -193,16 +195,18 @@ async fn capture(
              INSERT INTO diy_event (tbl, op, row) VALUES (TG_TABLE_NAME, TG_OP, to_jsonb(NEW));
              RETURN NULL;
          END $$".to_string(),
+        "CREATE TABLE bare_event (id bigserial PRIMARY KEY, v int)".to_string(),
         "INSERT INTO herald.event_queue (name) VALUES ('cap')".to_string(),
         "VACUUM ANALYZE wide".to_string(),
     ] {
         db.batch_execute(&sql).await.map_err(pg)?;
     }
-    for (what, table, script, target_plain, target_diy) in [
+    for (what, table, script, action, target_plain, target_diy) in [
         (
             "single-row INSERT",
             "cap",
             "INSERT INTO cap (customer, amount, note) VALUES (42, 99.5, 'order');",
+            "INSERT",
             0.85,
             1.15,
         ),
@@ -210,6 +214,7 @@ async fn capture(
             "UPDATE of one column, 20-column row",
             "wide",
             "\\set id random(1, 10000)\nUPDATE wide SET c5 = c5 + 1 WHERE id = :id;",
+            "UPDATE",
             0.85,
             1.15,
         ),
@@ -218,6 +223,7 @@ async fn capture(
         let mut plain: f64 = 0.0;
         let mut herald: f64 = 0.0;
         let mut diy: f64 = 0.0;
+        let mut bare: f64 = 0.0;
         for _ in 0..3 {
             plain = plain.max(pgbench(cluster, script, seconds)?);
             let id: i64 = db
@@ -241,8 +247,18 @@ async fn capture(
             db.batch_execute(&format!("DROP TRIGGER diy ON {table}"))
                 .await
                 .map_err(pg)?;
+            db.batch_execute(&format!(
+                "CREATE RULE bare AS ON {action} TO {table} DO ALSO INSERT INTO bare_event (v) VALUES (1)"
+            ))
+            .await
+            .map_err(pg)?;
+            bare = bare.max(pgbench(cluster, script, seconds)?);
+            db.batch_execute(&format!("DROP RULE bare ON {table}"))
+                .await
+                .map_err(pg)?;
             for sql in [
-                "TRUNCATE herald.event, diy_event",
+                "TRUNCATE herald.event, diy_event, bare_event",
+                "VACUUM ANALYZE bare_event",
                 "VACUUM ANALYZE herald.event",
                 "VACUUM ANALYZE diy_event",
             ] {
@@ -255,6 +271,7 @@ async fn capture(
         println!("   no listener              {plain:>10.0} tps");
         println!("   herald listener (level 2) {herald:>9.0} tps   {:.2}x of no listener (target >= {target_plain}x)", herald / plain);
         println!("   PL/pgSQL to_jsonb trigger {diy:>9.0} tps   herald is {:.2}x of it (target >= {target_diy}x)", herald / diy);
+        println!("   reference: rule writing a bare row {bare:>6.0} tps   {:.2}x of no listener (no trigger, no payload)", bare / plain);
     }
     Ok(())
 }

@@ -145,7 +145,11 @@ fn insert_row(rel_oid: pg_sys::Oid, row: &EventRow) {
         // layout looked up next describes the table as it is now.
         let rel = pg_sys::table_open(rel_oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
         let layout = layout::of(rel);
-        raw::guarded(|| layout.insert(rel, row));
+        if layout.plain {
+            raw::guarded(|| layout.insert(rel, row));
+        } else {
+            layout.insert_with_statement(rel, row);
+        }
     }
 }
 
@@ -158,7 +162,7 @@ pub mod layout {
     use std::collections::HashMap;
     use std::rc::Rc;
 
-    use crate::dispatch::EventRow;
+    use crate::dispatch::{EventRow, JsonbDatum};
     use crate::raw;
 
     #[derive(Clone, Copy, PartialEq, Eq)]
@@ -179,7 +183,7 @@ pub mod layout {
         fields: Vec<Field>,
         /// Every index is ready and on plain columns (no expressions, predicates or
         /// exclusion constraints): entries can be made from the heap values directly.
-        plain: bool,
+        pub plain: bool,
         indexes: Vec<(pg_sys::Oid, *mut pg_sys::IndexInfo)>,
         /// Where the IndexInfos live; deleted with the layout.
         context: pg_sys::MemoryContext,
@@ -273,6 +277,57 @@ pub mod layout {
     }
 
     impl Layout {
+        /// The general way, when an index of the table has expressions, a predicate or an
+        /// exclusion constraint, or is still being built (someone added it to Herald's
+        /// table by hand): an INSERT statement, run as the extension owner. Closes `rel`.
+        pub unsafe fn insert_with_statement(&self, rel: pg_sys::Relation, row: &EventRow) {
+            let desc = (*rel).rd_att;
+            let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+            let mut columns = Vec::new();
+            let mut args: Vec<pgrx::datum::DatumWithOid> = Vec::new();
+            for (field, att) in self.fields.iter().zip(attrs) {
+                let arg: pgrx::datum::DatumWithOid = match field {
+                    Field::Id => row.id.into(),
+                    Field::Queue => row.queue.into(),
+                    Field::Type => row.r#type.into(),
+                    Field::Action => row.action.into(),
+                    Field::Source => row.source.into(),
+                    Field::Details => JsonbDatum(row.details).into(),
+                    Field::CreatedAt => pgrx::datum::DatumWithOid::new(
+                        pg_sys::Datum::from(row.created_at),
+                        pg_sys::TIMESTAMPTZOID,
+                    ),
+                    Field::Listener => row.listener.into(),
+                    Field::None => continue,
+                };
+                let name = std::ffi::CStr::from_ptr(att.attname.data.as_ptr());
+                columns.push(
+                    std::ffi::CStr::from_ptr(pg_sys::quote_identifier(name.as_ptr()))
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+                args.push(arg);
+            }
+            let q = |p: *const std::ffi::c_char| {
+                std::ffi::CStr::from_ptr(pg_sys::quote_identifier(p))
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            let table = format!(
+                "{}.{}",
+                q(pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace)),
+                q((*(*rel).rd_rel).relname.data.as_ptr())
+            );
+            pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            let placeholders: Vec<String> = (1..=args.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "INSERT INTO {table} ({}) VALUES ({})",
+                columns.join(", "),
+                placeholders.join(", ")
+            );
+            crate::catalog::as_owner(|| crate::errors::spi(Spi::run_with_args(&sql, &args)));
+        }
+
         /// Form the row's tuple and insert it with its index entries (unique ones checked).
         ///
         /// # Safety
@@ -299,38 +354,32 @@ pub mod layout {
                     *nulls.add(i) = value.is_none();
                 }
                 let tuple = raw::heap_form_tuple((*rel).rd_att, values, nulls);
-                if self.plain {
-                    raw::simple_heap_insert(rel, tuple);
-                    for &(oid, info) in &self.indexes {
-                        let index =
-                            raw::index_open(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-                        let nkeys = (*info).ii_NumIndexAttrs as usize;
-                        let mut key_values =
-                            [pg_sys::Datum::from(0); pg_sys::INDEX_MAX_KEYS as usize];
-                        let mut key_nulls = [false; pg_sys::INDEX_MAX_KEYS as usize];
-                        for k in 0..nkeys {
-                            let attno = (*info).ii_IndexAttrNumbers[k] as usize;
-                            key_values[k] = *values.add(attno - 1);
-                            key_nulls[k] = *nulls.add(attno - 1);
-                        }
-                        let check = if (*(*index).rd_index).indisunique {
-                            pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES
-                        } else {
-                            pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO
-                        };
-                        raw::index_insert(
-                            index,
-                            key_values.as_mut_ptr(),
-                            key_nulls.as_mut_ptr(),
-                            &mut (*tuple).t_self,
-                            rel,
-                            check,
-                            info,
-                        );
-                        raw::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+                raw::simple_heap_insert(rel, tuple);
+                for &(oid, info) in &self.indexes {
+                    let index = raw::index_open(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+                    let nkeys = (*info).ii_NumIndexAttrs as usize;
+                    let mut key_values = [pg_sys::Datum::from(0); pg_sys::INDEX_MAX_KEYS as usize];
+                    let mut key_nulls = [false; pg_sys::INDEX_MAX_KEYS as usize];
+                    for k in 0..nkeys {
+                        let attno = (*info).ii_IndexAttrNumbers[k] as usize;
+                        key_values[k] = *values.add(attno - 1);
+                        key_nulls[k] = *nulls.add(attno - 1);
                     }
-                } else {
-                    raw::CatalogTupleInsert(rel, tuple); // an index was added by hand: the general way
+                    let check = if (*(*index).rd_index).indisunique {
+                        pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES
+                    } else {
+                        pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO
+                    };
+                    raw::index_insert(
+                        index,
+                        key_values.as_mut_ptr(),
+                        key_nulls.as_mut_ptr(),
+                        &mut (*tuple).t_self,
+                        rel,
+                        check,
+                        info,
+                    );
+                    raw::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
                 }
                 raw::heap_freetuple(tuple);
                 raw::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);

@@ -42,7 +42,6 @@ unsafe extern "C-unwind" {
     ) -> pg_sys::HeapTuple;
     pub fn heap_freetuple(tuple: pg_sys::HeapTuple);
     pub fn simple_heap_insert(rel: pg_sys::Relation, tuple: pg_sys::HeapTuple);
-    pub fn CatalogTupleInsert(rel: pg_sys::Relation, tuple: pg_sys::HeapTuple);
     #[cfg(feature = "pg13")]
     #[link_name = "index_insert"]
     fn index_insert_13(

@@ -669,4 +669,51 @@ mod tests {
         let r = Spi::get_two::<i32, i32>("SELECT handled, failed FROM herald.drain('q')").unwrap();
         assert_eq!(r, (Some(1), Some(0)));
     }
+
+    /// Event rows are inserted without the executor: indexes added to the event table by
+    /// hand (plain or on an expression) get their entries, before and after invalidations
+    /// of the table's cached layout.
+    #[pg_test]
+    fn event_rows_keep_every_index_of_the_event_table_current() {
+        fixture();
+        run("SELECT herald.add_event_listener('rec', 'x', queue => 'q')");
+        run("SELECT herald.emit('x', 'first')");
+        run("ANALYZE herald.event"); // a relcache invalidation of herald.event
+        run("SELECT herald.emit('x', 'second')");
+        run("CREATE INDEX event_by_action ON herald.event (action)");
+        run("SELECT herald.emit('x', 'third')");
+        run("CREATE INDEX event_by_lower_action ON herald.event (lower(action))");
+        run("SELECT herald.emit('x', 'fourth')");
+        run("DROP INDEX herald.event_by_lower_action");
+        run("SELECT herald.emit('x', 'fifth')");
+        run("SET LOCAL enable_seqscan = off");
+        for (action, expected) in [("second", 1), ("third", 1), ("fourth", 1), ("fifth", 1)] {
+            assert_eq!(
+                count(&format!(
+                    "SELECT count(*) FROM herald.event WHERE action = '{action}'"
+                )),
+                expected,
+                "{action} through event_by_action"
+            );
+        }
+        let plan = Spi::connect(|c| {
+            c.select(
+                "EXPLAIN SELECT count(*) FROM herald.event WHERE action = 'x'",
+                None,
+                &[],
+            )
+            .unwrap()
+            .map(|r| r.get::<String>(1).unwrap().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(" ")
+        });
+        assert!(plan.contains("event_by_action"), "{plan}");
+        run("CREATE INDEX event_by_lower_action ON herald.event (lower(action))");
+        run("SELECT herald.emit('x', 'sixth')");
+        assert_eq!(
+            count("SELECT count(*) FROM herald.event WHERE lower(action) = 'sixth'"),
+            1
+        );
+        assert_eq!(count("SELECT count(*) FROM herald.event"), 6);
+    }
 }
