@@ -559,13 +559,6 @@ mod shapes {
                 return shape;
             }
         }
-        let schema = pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace);
-        let name = (*(*rel).rd_rel).relname.data.as_ptr();
-        let q = |p: *const std::ffi::c_char| {
-            std::ffi::CStr::from_ptr(pg_sys::quote_identifier(p))
-                .to_string_lossy()
-                .into_owned()
-        };
         let columns = attrs
             .iter()
             .map(|a| {
@@ -578,7 +571,7 @@ mod shapes {
             })
             .collect();
         let shape = std::rc::Rc::new(Shape {
-            source: format!("{}.{}", q(schema), q(name)),
+            source: catalog::qualified_name(rel),
             columns,
         });
         SHAPES.with(|s| s.borrow_mut().insert(relid, shape.clone()));

@@ -171,3 +171,26 @@ pub fn role_name(role: pg_sys::Oid) -> String {
         }
     }
 }
+
+/// An SQL identifier, quoted as needed.
+pub fn quote_ident(name: &std::ffi::CStr) -> String {
+    unsafe { std::ffi::CStr::from_ptr(pg_sys::quote_identifier(name.as_ptr())) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// `schema.name` of an open relation, each part quoted as needed.
+///
+/// # Safety
+/// `rel` must be an open relation.
+pub unsafe fn qualified_name(rel: pg_sys::Relation) -> String {
+    unsafe {
+        let schema = pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace);
+        let name = (*(*rel).rd_rel).relname.data.as_ptr();
+        format!(
+            "{}.{}",
+            quote_ident(std::ffi::CStr::from_ptr(schema)),
+            quote_ident(std::ffi::CStr::from_ptr(name))
+        )
+    }
+}

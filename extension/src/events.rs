@@ -300,24 +300,12 @@ pub mod layout {
                     Field::Listener => row.listener.into(),
                     Field::None => continue,
                 };
-                let name = std::ffi::CStr::from_ptr(att.attname.data.as_ptr());
-                columns.push(
-                    std::ffi::CStr::from_ptr(pg_sys::quote_identifier(name.as_ptr()))
-                        .to_string_lossy()
-                        .into_owned(),
-                );
+                columns.push(crate::catalog::quote_ident(std::ffi::CStr::from_ptr(
+                    att.attname.data.as_ptr(),
+                )));
                 args.push(arg);
             }
-            let q = |p: *const std::ffi::c_char| {
-                std::ffi::CStr::from_ptr(pg_sys::quote_identifier(p))
-                    .to_string_lossy()
-                    .into_owned()
-            };
-            let table = format!(
-                "{}.{}",
-                q(pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace)),
-                q((*(*rel).rd_rel).relname.data.as_ptr())
-            );
+            let table = crate::catalog::qualified_name(rel);
             pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
             let placeholders: Vec<String> = (1..=args.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
