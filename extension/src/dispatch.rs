@@ -180,8 +180,42 @@ fn event_tupdesc() -> pg_sys::TupleDesc {
     desc
 }
 
-/// The column values of `e` for a tuple of `herald.event` described by `desc` (matched by
-/// column name, so the code survives columns added by later versions).
+/// Which event field a column of Herald's event tables (or of the `herald.event` row type)
+/// holds, matched by name so the code survives columns added by later versions.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Field {
+    Id,
+    Queue,
+    Type,
+    Action,
+    Source,
+    Details,
+    CreatedAt,
+    Listener,
+    /// A dropped column, or one this version does not know (left NULL).
+    None,
+}
+
+impl Field {
+    pub fn of(att: &pg_sys::FormData_pg_attribute) -> Field {
+        if att.attisdropped {
+            return Field::None;
+        }
+        match unsafe { std::ffi::CStr::from_ptr(att.attname.data.as_ptr()) }.to_bytes() {
+            b"id" => Field::Id,
+            b"queue" => Field::Queue,
+            b"type" => Field::Type,
+            b"action" => Field::Action,
+            b"source" => Field::Source,
+            b"details" => Field::Details,
+            b"created_at" => Field::CreatedAt,
+            b"listener" => Field::Listener,
+            _ => Field::None,
+        }
+    }
+}
+
+/// The column values of `e` for a tuple of `herald.event` described by `desc`.
 pub unsafe fn event_values(
     e: &EventValue,
     desc: pg_sys::TupleDesc,
@@ -189,22 +223,17 @@ pub unsafe fn event_values(
     let natts = (*desc).natts as usize;
     let mut values = vec![pg_sys::Datum::from(0); natts];
     let mut nulls = vec![true; natts];
-    let attrs = (*desc).attrs.as_slice(natts);
-    for (i, att) in attrs.iter().enumerate() {
-        if att.attisdropped {
-            continue;
-        }
-        let name = std::ffi::CStr::from_ptr(att.attname.data.as_ptr()).to_bytes();
-        let value: Option<pg_sys::Datum> = match name {
-            b"id" => e.id.into_datum(),
-            b"queue" => e.queue.as_deref().into_datum(),
-            b"type" => e.r#type.as_str().into_datum(),
-            b"action" => e.action.as_str().into_datum(),
-            b"source" => e.source.as_deref().into_datum(),
-            b"details" => Some(e.details),
-            b"created_at" => Some(pg_sys::Datum::from(e.created_at)),
-            b"listener" => e.listener.into_datum(),
-            _ => None,
+    for (i, att) in (*desc).attrs.as_slice(natts).iter().enumerate() {
+        let value: Option<pg_sys::Datum> = match Field::of(att) {
+            Field::Id => e.id.into_datum(),
+            Field::Queue => e.queue.as_deref().into_datum(),
+            Field::Type => e.r#type.as_str().into_datum(),
+            Field::Action => e.action.as_str().into_datum(),
+            Field::Source => e.source.as_deref().into_datum(),
+            Field::Details => Some(e.details),
+            Field::CreatedAt => Some(pg_sys::Datum::from(e.created_at)),
+            Field::Listener => e.listener.into_datum(),
+            Field::None => None,
         };
         if let Some(v) = value {
             values[i] = v;

@@ -162,22 +162,8 @@ pub mod layout {
     use std::collections::HashMap;
     use std::rc::Rc;
 
-    use crate::dispatch::{EventRow, JsonbDatum};
+    use crate::dispatch::{EventRow, Field, JsonbDatum};
     use crate::raw;
-
-    #[derive(Clone, Copy, PartialEq, Eq)]
-    enum Field {
-        Id,
-        Queue,
-        Type,
-        Action,
-        Source,
-        Details,
-        CreatedAt,
-        Listener,
-        /// A dropped column, or one this version does not know (left NULL).
-        None,
-    }
 
     pub struct Layout {
         fields: Vec<Field>,
@@ -223,22 +209,7 @@ pub mod layout {
             .attrs
             .as_slice((*desc).natts as usize)
             .iter()
-            .map(|att| {
-                if att.attisdropped {
-                    return Field::None;
-                }
-                match std::ffi::CStr::from_ptr(att.attname.data.as_ptr()).to_bytes() {
-                    b"id" => Field::Id,
-                    b"queue" => Field::Queue,
-                    b"type" => Field::Type,
-                    b"action" => Field::Action,
-                    b"source" => Field::Source,
-                    b"details" => Field::Details,
-                    b"created_at" => Field::CreatedAt,
-                    b"listener" => Field::Listener,
-                    _ => Field::None,
-                }
-            })
+            .map(Field::of)
             .collect();
         let context = pg_sys::AllocSetContextCreateExtended(
             pg_sys::TopMemoryContext,
