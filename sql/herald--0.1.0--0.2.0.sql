@@ -1,6 +1,9 @@
 -- Herald 0.1.0 -> 0.2.0: data-change capture (herald.add_data_listener).
 -- tests/tests/upgrade.rs checks that an upgraded database matches a fresh 0.2.0 install.
 
+-- complain if the script is sourced in psql rather than via ALTER EXTENSION
+\echo Use "ALTER EXTENSION herald UPDATE" to load this file. \quit
+
 ALTER TABLE herald.listener ADD COLUMN tbl regclass;   -- data listeners: the captured table
 CREATE INDEX listener_tbl_idx ON herald.listener (tbl);
 

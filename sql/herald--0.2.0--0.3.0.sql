@@ -1,6 +1,9 @@
 -- Herald 0.2.0 -> 0.3.0: session listeners (neither queue nor sync) and herald.next_event.
 -- tests/tests/upgrade.rs checks that an upgraded database matches a fresh install.
 
+-- complain if the script is sourced in psql rather than via ALTER EXTENSION
+\echo Use "ALTER EXTENSION herald UPDATE" to load this file. \quit
+
 ALTER TABLE herald.listener ADD COLUMN session_start timestamptz;
 
 -- Queue names in the event table's key compare bytewise (rewrites herald.event and its

@@ -1,41 +1,101 @@
 //! Herald: a PostgreSQL extension for durable events, event queues, jobs and locks.
 //!
-//! `lib.rs` only wires the modules together; each concept lives in its own file:
-//! - [`events`]: `herald.emit` and delivery of one event to its listeners
-//! - [`capture`]: data-change capture (`herald.add_data_listener`, the capture trigger)
-//! - [`listeners`]: registration, handler checks and the per-backend listener cache
-//! - [`sessions`]: session listeners, `herald.next_event`, clean-up when a session ends
-//! - [`queues`]: draining a queue (`herald.drain`), waiting for work, resuming held queues
-//! - [`dispatch`]: building `herald.event` values and calling handlers in subtransactions
-//! - [`wakeup`]: waking a queue's drainer at commit without NOTIFY
-//! - [`plans`]: kept plans of Herald's internal statements
-//! - [`raw`]: direct PostgreSQL calls for the producer hot paths, one error boundary per step
-//! - [`catalog`]: backend-local lookups of Herald's own objects and owner switching
+//! `lib.rs` only wires the layers together. Dependencies point down only (a module may use
+//! the layers listed before its own, never after; areas never use each other), and every
+//! coupling is a `use` line at the top of its file: `tests/tests/layers.rs` fails when a
+//! cycle, an upward edge or an inline `crate::` path appears.
+//!
+//! 1. [`core`]: PostgreSQL mechanics that know no Herald concept (errors, direct calls, kept
+//!    plans, owner switching, subtransactions, advisory-lock key spaces, commit-time
+//!    wake-ups, the invalidation registry)
+//! 2. [`model`]: plain data: an event, a listener (source and delivery), data specs
+//! 3. [`handlers`]: calling a handler function with a `herald.event`, as its owner
+//! 4. [`listeners`]: registering and removing listeners, the per-backend listener cache,
+//!    capture triggers' existence
+//! 5. [`sessions`]: session listeners (`herald.next_event`), clean-up at session end
+//! 6. areas, which never use each other: [`events`] (emit, capture, delivery, storage) and
+//!    [`queues`] (drain, wait, resume); jobs, reports, locks and monitor come next
+//!
+//! SQL data definition lives in `sql/<area>/`, loaded in the order declared below.
+//!
+//! # Unsafe code
+//!
+//! Herald calls PostgreSQL's C API directly where pgrx has no safe wrapper or where the
+//! wrapper's cost matters on a producer's write path. The rules, enforced by the lints
+//! below and by `cargo clippy` in `make test`:
+//! - every `unsafe` block starts with a `// SAFETY:` comment saying why it is sound: which
+//!   pointer is valid and why, which memory context owns what, which error boundary an
+//!   `ERROR` longjmps to;
+//! - every `unsafe fn` has a `# Safety` section stating what its caller must guarantee, and
+//!   its body is written as if it were safe (`unsafe_op_in_unsafe_fn`);
+//! - resources PostgreSQL expects to be released (opened relations) are RAII guards
+//!   ([`core::relation`]), never "this closes `rel`" comments;
+//! - code that runs without pgrx's per-call error boundary follows [`core::ffi`]'s rules.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+
 use pgrx::prelude::*;
 
-mod capture;
-mod catalog;
-mod dispatch;
-mod errors;
-mod events;
-mod listeners;
-mod plans;
-mod queues;
-mod raw;
-mod sessions;
-mod wakeup;
+pub mod core;
+pub mod events;
+pub mod handlers;
+pub mod listeners;
+pub mod model;
+pub mod queues;
+pub mod sessions;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
-#[cfg(any(test, feature = "pg_test"))]
-mod tests_capture;
-#[cfg(any(test, feature = "pg_test"))]
-mod tests_sessions;
 
 ::pgrx::pg_module_magic!(name, version);
 
-extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
-extension_sql_file!("../../sql/finalize.sql", name = "finalize", finalize);
+// Data definition, per area, in load order (the Rust functions come between the tables
+// and the triggers and views that call them; privileges come last).
+extension_sql_file!("../../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+extension_sql_file!(
+    "../../sql/queues/schema.sql",
+    name = "queues_schema",
+    requires = ["bootstrap"]
+);
+extension_sql_file!(
+    "../../sql/listeners/schema.sql",
+    name = "listeners_schema",
+    requires = ["queues_schema"]
+);
+extension_sql_file!(
+    "../../sql/events/schema.sql",
+    name = "events_schema",
+    requires = ["listeners_schema"]
+);
+extension_sql_file!(
+    "../../sql/sessions/schema.sql",
+    name = "sessions_schema",
+    requires = ["events_schema"]
+);
+extension_sql_file!(
+    "../../sql/queues/triggers.sql",
+    name = "queues_triggers",
+    requires = [
+        "sessions_schema",
+        queues::wait::_wake_queue,
+        listeners::_invalidate_listeners,
+        core::advisory::_lock_space
+    ]
+);
+extension_sql_file!(
+    "../../sql/listeners/triggers.sql",
+    name = "listeners_triggers",
+    requires = ["queues_triggers", listeners::_invalidate_listeners]
+);
+extension_sql_file!("../../sql/privileges.sql", name = "privileges", finalize);
+
+/// Called when a backend loads the library: hook each cache into relcache invalidations.
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    handlers::init();
+    listeners::cache::init();
+    events::init();
+}
 
 /// Required by `cargo pgrx test`.
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Direct calls into PostgreSQL for the producer hot paths (the capture trigger and
-//! `herald.emit`), inside one error boundary per step.
+//! `herald.emit`), inside one error boundary per step, and the few server functions pgrx
+//! does not bind.
 //!
 //! pgrx wraps every PostgreSQL function it binds in an error boundary of its own (a
 //! `sigsetjmp`, a thread check and the save and restore of PostgreSQL's error stacks), so
@@ -24,6 +25,9 @@ use pgrx::pg_sys;
 /// `f` must follow the rules in the module documentation.
 #[inline]
 pub unsafe fn guarded<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: the caller promises that `f` keeps no destructor alive across a call that may
+    // longjmp, does not panic and calls no pgrx-wrapped function (the module's rules), which
+    // is what `pg_guard_ffi_boundary` requires of its closure.
     unsafe { pg_sys::ffi::pg_guard_ffi_boundary(f) }
 }
 
@@ -32,7 +36,6 @@ unsafe extern "C-unwind" {
     pub fn palloc(size: usize) -> *mut std::ffi::c_void;
     pub fn palloc0(size: usize) -> *mut std::ffi::c_void;
     pub fn cstring_to_text_with_len(s: *const std::ffi::c_char, len: i32) -> *mut pg_sys::text;
-    pub fn table_close(rel: pg_sys::Relation, lockmode: pg_sys::LOCKMODE);
     pub fn index_open(relid: pg_sys::Oid, lockmode: pg_sys::LOCKMODE) -> pg_sys::Relation;
     pub fn index_close(rel: pg_sys::Relation, lockmode: pg_sys::LOCKMODE);
     pub fn heap_form_tuple(
@@ -78,12 +81,48 @@ unsafe extern "C-unwind" {
     pub fn numeric_is_nan(n: pg_sys::Numeric) -> bool;
     pub fn pg_detoast_datum(datum: *mut pg_sys::varlena) -> *mut pg_sys::varlena;
     pub fn pg_detoast_datum_packed(datum: *mut pg_sys::varlena) -> *mut pg_sys::varlena;
+    #[link_name = "nextval_internal"]
+    fn nextval_internal_unguarded(relid: pg_sys::Oid, check_permissions: bool) -> i64;
+}
+
+// Not in pgrx's bindings; exported by the server (storage/sinvaladt.h) in PG 13-16.
+// It only reads shared memory under a lock and never raises.
+#[cfg(not(feature = "pg17"))]
+unsafe extern "C" {
+    fn BackendIdGetProc(backend_id: std::ffi::c_int) -> *mut pg_sys::PGPROC;
+}
+
+/// `nextval()` of a sequence without the fmgr detour (no permission check: the caller
+/// decides who may allocate). An error (sequence exhausted) is raised safely.
+pub fn nextval(relid: pg_sys::Oid) -> i64 {
+    // SAFETY: the closure only calls `nextval_internal`, which takes plain values and holds
+    // no Rust value with a destructor across the call.
+    unsafe { guarded(|| nextval_internal_unguarded(relid, false)) }
+}
+
+/// The PGPROC of the backend a virtual transaction id belongs to, or null if it is gone.
+///
+/// # Safety
+/// Call from a backend attached to shared memory (any normal backend).
+pub unsafe fn proc_of(vxid: &pg_sys::VirtualTransactionId) -> *mut pg_sys::PGPROC {
+    // SAFETY: both lookups only read the proc array under its lock and never raise.
+    #[cfg(not(feature = "pg17"))]
+    unsafe {
+        BackendIdGetProc(vxid.backendId)
+    }
+    // SAFETY: as above.
+    #[cfg(feature = "pg17")]
+    unsafe {
+        pg_sys::ProcNumberGetProc(vxid.procNumber)
+    }
 }
 
 /// `index_insert` (new index entry for a fresh heap tuple; `indexUnchanged` is false).
 ///
 /// # Safety
-/// As `index_insert`, inside [`guarded`].
+/// As `index_insert`: open `index` and `heap`, `values` and `isnull` with one entry per
+/// index column, `tid` of the tuple just inserted, `info` built for this index; inside
+/// [`guarded`].
 pub unsafe fn index_insert(
     index: pg_sys::Relation,
     values: *mut pg_sys::Datum,
@@ -93,10 +132,12 @@ pub unsafe fn index_insert(
     check: pg_sys::IndexUniqueCheck::Type,
     info: *mut pg_sys::IndexInfo,
 ) -> bool {
+    // SAFETY: the caller upholds `index_insert`'s contract (see above).
     #[cfg(feature = "pg13")]
     unsafe {
         index_insert_13(index, values, isnull, tid, heap, check, info)
     }
+    // SAFETY: as above.
     #[cfg(not(feature = "pg13"))]
     unsafe {
         index_insert_14(index, values, isnull, tid, heap, check, false, info)
@@ -106,9 +147,10 @@ pub unsafe fn index_insert(
 /// A `text` datum copied from `s` (palloc'd in the current memory context).
 ///
 /// # Safety
-/// Inside [`guarded`].
+/// Inside [`guarded`] (an out-of-memory error longjmps).
 #[inline]
 pub unsafe fn text_datum(s: &str) -> pg_sys::Datum {
+    // SAFETY: `s` is valid for `s.len()` bytes; the function copies them and keeps nothing.
     unsafe {
         pg_sys::Datum::from(cstring_to_text_with_len(
             s.as_ptr() as *const std::ffi::c_char,

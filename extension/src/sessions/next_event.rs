@@ -1,190 +1,15 @@
-//! Session listeners: listeners with neither `queue` nor `sync`, owned by the session that
-//! registered them and read with `herald.next_event(listener, timeout, handle)`.
-//!
-//! - A session that registers one gets a row in the unlogged `herald.session` (pid and
-//!   backend start: together they name one session, even after the pid is reused). Its
-//!   listeners carry the same pair.
-//! - Producers store the listener's events in the unlogged `herald.session_event` and set the
-//!   owning backend's latch at commit (`wakeup`); `next_event` sleeps on that latch.
-//! - When the session ends (normal exit, a client that vanished, `pg_terminate_backend`), a
-//!   `before_shmem_exit` callback removes its listeners, their unread events and its row, and
-//!   drops capture triggers nobody needs any more.
-//! - When a backend crashes, the server restarts every backend and crash recovery empties the
-//!   unlogged tables. Listeners whose session has no row are dead: the listener cache leaves
-//!   them out (producers never write for them) and the next registration removes them.
+//! `herald.next_event(listener, timeout, handle)`: the oldest unread event of one of this
+//! session's listeners, waiting for one until the timeout.
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode as Code;
-use std::cell::Cell;
 
-use crate::catalog;
-use crate::dispatch::{self, EventValue, JsonbDatum};
-use crate::errors::{self, raise};
-use crate::plans;
-
-thread_local! {
-    static EXIT_CALLBACK: Cell<bool> = const { Cell::new(false) };
-}
-
-/// This backend's session: its pid and start time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Session {
-    pub pid: i32,
-    pub start: pg_sys::TimestampTz,
-}
-
-pub fn this_session() -> Session {
-    unsafe {
-        Session {
-            pid: pg_sys::MyProcPid,
-            start: pg_sys::MyStartTimestamp,
-        }
-    }
-}
-
-impl Session {
-    /// The backend start as a `timestamptz` argument.
-    pub fn start_datum(self) -> Option<pgrx::datum::TimestampWithTimeZone> {
-        pgrx::datum::TimestampWithTimeZone::try_from(self.start).ok()
-    }
-}
-
-/// Make this session an owner of session listeners (idempotent) and make sure its listeners
-/// go away with it.
-pub fn join() -> Session {
-    let me = this_session();
-    if !EXIT_CALLBACK.with(|c| c.replace(true)) {
-        unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0)) };
-    }
-    let role = catalog::current_user();
-    catalog::as_owner(|| {
-        errors::spi(Spi::run_with_args(
-            "INSERT INTO herald.session (pid, backend_start, role)
-             VALUES ($1, $2, $3::pg_catalog.oid::pg_catalog.regrole) ON CONFLICT DO NOTHING",
-            &[me.pid.into(), me.start_datum().into(), role.into()],
-        ))
-    });
-    me
-}
-
-/// Remove listeners of sessions that are gone without cleaning up (a crash, or a failed exit
-/// callback), and events left for listeners that no longer exist (an event committed by a
-/// producer whose listener cache was a moment old when the listener's session ended).
-pub fn collect_garbage() {
-    let tables = catalog::as_owner(|| {
-        Spi::connect_mut(|client| {
-            // Sessions whose backend is gone (their exit callback failed or never ran).
-            let sessions = plans::execute(
-                client,
-                "SELECT s.pid, s.backend_start FROM herald.session s",
-                &[],
-                &[],
-            );
-            let mut gone_pids = Vec::new();
-            for i in 0..sessions.len() {
-                if let Some(pid) = sessions.get::<i32>(i, 1) {
-                    if unsafe { pg_sys::BackendPidGetProc(pid) }.is_null() {
-                        gone_pids.push(pid);
-                    }
-                }
-            }
-            if !gone_pids.is_empty() {
-                plans::execute(
-                    client,
-                    "DELETE FROM herald.session s WHERE s.pid OPERATOR(pg_catalog.=) ANY ($1)",
-                    &[pg_sys::INT4ARRAYOID],
-                    &[gone_pids.into_datum()],
-                );
-            }
-            let dead = plans::execute(
-                client,
-                "DELETE FROM herald.listener l
-                  WHERE l.delivery OPERATOR(pg_catalog.=) 'session'
-                    AND NOT EXISTS (SELECT 1 FROM herald.session s
-                                     WHERE s.pid OPERATOR(pg_catalog.=) l.session_pid
-                                       AND s.backend_start OPERATOR(pg_catalog.=) l.session_start)
-                 RETURNING l.tbl::pg_catalog.oid",
-                &[],
-                &[],
-            );
-            let tables: Vec<pg_sys::Oid> = (0..dead.len())
-                .filter_map(|i| dead.get::<pg_sys::Oid>(i, 1))
-                .collect();
-            plans::execute(
-                client,
-                "DELETE FROM herald.session_event e
-                  WHERE NOT EXISTS (SELECT 1 FROM herald.listener l
-                                     WHERE l.id OPERATOR(pg_catalog.=) e.listener)",
-                &[],
-                &[],
-            );
-            tables
-        })
-    });
-    for tbl in tables {
-        crate::capture::drop_trigger_if_unused_nowait(tbl);
-    }
-}
-
-/// Remove this session's listeners, their unread events and its session row.
-fn leave() {
-    let me = this_session();
-    let tables = catalog::as_owner(|| {
-        Spi::connect_mut(|client| {
-            let args = [me.pid.into_datum(), me.start_datum().into_datum()];
-            let types = [pg_sys::INT4OID, pg_sys::TIMESTAMPTZOID];
-            let gone = plans::execute(
-                client,
-                "WITH gone AS (
-                     DELETE FROM herald.listener l
-                      WHERE l.session_pid OPERATOR(pg_catalog.=) $1
-                        AND l.session_start OPERATOR(pg_catalog.=) $2
-                     RETURNING l.id, l.tbl),
-                 events AS (
-                     DELETE FROM herald.session_event e
-                      WHERE e.listener OPERATOR(pg_catalog.=) ANY (SELECT g.id FROM gone g))
-                 SELECT g.tbl::pg_catalog.oid FROM gone g",
-                &types,
-                &args,
-            );
-            let tables: Vec<pg_sys::Oid> = (0..gone.len())
-                .filter_map(|i| gone.get::<pg_sys::Oid>(i, 1))
-                .collect();
-            plans::execute(
-                client,
-                "DELETE FROM herald.session s
-                  WHERE s.pid OPERATOR(pg_catalog.=) $1 AND s.backend_start OPERATOR(pg_catalog.=) $2",
-                &types,
-                &args,
-            );
-            tables
-        })
-    });
-    for tbl in tables {
-        crate::capture::drop_trigger_if_unused_nowait(tbl);
-    }
-}
-
-/// `before_shmem_exit` callback: leave in a transaction of its own, as the server does for
-/// temporary tables. An error here ends the (already ending) process with a FATAL message in
-/// the server log, and the next registration's clean-up removes what was left.
-#[pg_guard]
-unsafe extern "C-unwind" fn on_exit(_code: std::ffi::c_int, _arg: pg_sys::Datum) {
-    if pg_sys::MyDatabaseId == pg_sys::InvalidOid {
-        return;
-    }
-    pg_sys::AbortOutOfAnyTransaction();
-    pg_sys::StartTransactionCommand();
-    pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-    let installed = Spi::get_one::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension
-                         WHERE extname OPERATOR(pg_catalog.=) 'herald')",
-    );
-    if installed == Ok(Some(true)) {
-        leave();
-    }
-    pg_sys::PopActiveSnapshot();
-    pg_sys::CommitTransactionCommand();
-}
+use crate::core::catalog;
+use crate::core::datum::JsonbDatum;
+use crate::core::errors::{self, raise};
+use crate::core::plans;
+use crate::handlers;
+use crate::model::event::EventValue;
+use crate::model::session::Session;
 
 /// A session listener as `next_event` needs it.
 struct Owned {
@@ -243,7 +68,7 @@ fn owned_listener(listener: i64) -> Owned {
             ),
         );
     }
-    let me = this_session();
+    let me = Session::this();
     if pid != Some(me.pid) || start != Some(me.start) {
         raise(
             Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -293,9 +118,12 @@ fn take_next(listener: i64, into: pg_sys::MemoryContext) -> Option<pg_sys::Datum
                 listener,
             };
             // heap_form_tuple copies every value, so the datum outlives the SPI connection.
+            // SAFETY: `into` is the caller's context, alive for the whole call; the switch
+            // is undone before anything else runs (event_datum raises only on a broken
+            // herald.event, and an error resets the context anyway).
             unsafe {
                 let old = pg_sys::MemoryContextSwitchTo(into);
-                let datum = dispatch::event_datum(&value);
+                let datum = handlers::event_datum(&value);
                 pg_sys::MemoryContextSwitchTo(old);
                 Some(datum)
             }
@@ -304,11 +132,14 @@ fn take_next(listener: i64, into: pg_sys::MemoryContext) -> Option<pg_sys::Datum
 }
 
 /// Microseconds of an interval, for a timeout (months count as 30 days, as Postgres does).
+///
+/// # Safety
+/// `datum` is a non-NULL `interval` datum.
 unsafe fn interval_micros(datum: pg_sys::Datum) -> i64 {
-    let iv = datum.cast_mut_ptr::<pg_sys::Interval>();
-    let days = (*iv).month as i64 * 30 + (*iv).day as i64;
-    days.saturating_mul(86_400_000_000)
-        .saturating_add((*iv).time)
+    // SAFETY: an interval datum points to an Interval (pass-by-reference, never TOASTed).
+    let iv = unsafe { &*datum.cast_mut_ptr::<pg_sys::Interval>() };
+    let days = iv.month as i64 * 30 + iv.day as i64;
+    days.saturating_mul(86_400_000_000).saturating_add(iv.time)
 }
 
 #[unsafe(no_mangle)]
@@ -323,18 +154,23 @@ pub extern "C" fn pg_finfo_herald_next_event() -> &'static pg_sys::Pg_finfo_reco
 /// waiting for one until `timeout` (NULL: no limit) passes. With `handle` the listener's
 /// handler runs first, as the listener's owner, in the caller's transaction: if it fails,
 /// the error reaches the caller and the event stays unread.
+///
+/// # Safety
+/// Called by the function manager, with a call frame for the SQL signature above.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub unsafe extern "C-unwind" fn herald_next_event(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    let args = (*fcinfo).args.as_slice((*fcinfo).nargs as usize);
+    // SAFETY: fmgr passes a valid call frame holding `nargs` arguments.
+    let args = unsafe { (*fcinfo).args.as_slice((*fcinfo).nargs as usize) };
     let listener = match args.first() {
         Some(a) if !a.isnull => a.value.value() as i64,
         _ => errors::not_null("listener id"),
     };
     let timeout_us: Option<i64> = match args.get(1) {
-        Some(a) if !a.isnull => Some(interval_micros(a.value)),
+        // SAFETY: argument 2 is declared `interval`, and it is not NULL.
+        Some(a) if !a.isnull => Some(unsafe { interval_micros(a.value) }),
         _ => None,
     };
     let handle = match args.get(2) {
@@ -355,9 +191,11 @@ pub unsafe extern "C-unwind" fn herald_next_event(
     let deadline = timeout_us.map(|t| {
         std::time::Instant::now() + std::time::Duration::from_micros(t.min(i64::MAX / 2) as u64)
     });
-    let result_context = pg_sys::CurrentMemoryContext;
+    // SAFETY: reads a backend global.
+    let result_context = unsafe { pg_sys::CurrentMemoryContext };
     loop {
-        pg_sys::ResetLatch(pg_sys::MyLatch);
+        // SAFETY: resets this backend's own latch.
+        unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
         if let Some(event) = take_next(listener, result_context) {
             if handle {
                 let Some(handler) = owned.handler else {
@@ -371,7 +209,7 @@ pub unsafe extern "C-unwind" fn herald_next_event(
                         ),
                     );
                 };
-                dispatch::call_direct(handler, event, owned.owner);
+                handlers::call_direct(handler, event, owned.owner);
             }
             return event;
         }
@@ -379,14 +217,16 @@ pub unsafe extern "C-unwind" fn herald_next_event(
             Some(d) => {
                 let left = d.saturating_duration_since(std::time::Instant::now());
                 if left.is_zero() {
-                    (*fcinfo).isnull = true;
+                    // SAFETY: the call frame is valid for the whole call (see above).
+                    unsafe { (*fcinfo).isnull = true };
                     return pg_sys::Datum::from(0);
                 }
                 left.as_millis().clamp(1, i32::MAX as u128) as std::ffi::c_long
             }
             None => -1,
         };
-        if pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 {
+        // SAFETY: reads a backend global.
+        if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
             raise(
                 Code::ERRCODE_FEATURE_NOT_SUPPORTED,
                 "herald.next_event() cannot wait inside a REPEATABLE READ or SERIALIZABLE transaction",
@@ -406,35 +246,43 @@ pub unsafe extern "C-unwind" fn herald_next_event(
 /// client that vanished while we wait (killed, or its machine gone) ends the session at once,
 /// as the server's own `client_connection_check_interval` would: its listeners must not
 /// outlive it until the next event happens to arrive.
-unsafe fn sleep(wait_ms: std::ffi::c_long) {
+fn sleep(wait_ms: std::ffi::c_long) {
     let mut events = pg_sys::WL_LATCH_SET | pg_sys::WL_EXIT_ON_PM_DEATH;
     if wait_ms >= 0 {
         events |= pg_sys::WL_TIMEOUT;
     }
     #[cfg(not(any(feature = "pg13", feature = "pg14")))]
-    if !pg_sys::MyProcPort.is_null() {
-        // `sock` is the first member of `Port` (libpq/libpq-be.h) in every release.
-        let sock = *(pg_sys::MyProcPort as *const pg_sys::pgsocket);
-        let rc = pg_sys::WaitLatchOrSocket(
+    // SAFETY: `MyProcPort` is this backend's client connection (null in a background
+    // process) and `sock` is the first member of `Port` (libpq/libpq-be.h) in every
+    // release; the wait uses this backend's own latch; setting the interrupt flags is what
+    // the server's own client-connection check does.
+    unsafe {
+        if !pg_sys::MyProcPort.is_null() {
+            let sock = *(pg_sys::MyProcPort as *const pg_sys::pgsocket);
+            let rc = pg_sys::WaitLatchOrSocket(
+                pg_sys::MyLatch,
+                (events | pg_sys::WL_SOCKET_CLOSED) as i32,
+                sock,
+                wait_ms,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            if rc & pg_sys::WL_SOCKET_CLOSED as i32 != 0 {
+                // ProcessInterrupts() ends the session with "connection to client lost".
+                pg_sys::ClientConnectionLost = 1;
+                pg_sys::InterruptPending = 1;
+            }
+            return;
+        }
+    }
+    // SAFETY: waits on this backend's own latch.
+    unsafe {
+        pg_sys::WaitLatch(
             pg_sys::MyLatch,
-            (events | pg_sys::WL_SOCKET_CLOSED) as i32,
-            sock,
+            events as i32,
             wait_ms,
             pg_sys::PG_WAIT_EXTENSION,
-        );
-        if rc & pg_sys::WL_SOCKET_CLOSED as i32 != 0 {
-            // ProcessInterrupts() ends the session with "connection to client lost".
-            pg_sys::ClientConnectionLost = 1;
-            pg_sys::InterruptPending = 1;
-        }
-        return;
-    }
-    pg_sys::WaitLatch(
-        pg_sys::MyLatch,
-        events as i32,
-        wait_ms,
-        pg_sys::PG_WAIT_EXTENSION,
-    );
+        )
+    };
 }
 
 extension_sql!(
@@ -448,5 +296,5 @@ COMMENT ON FUNCTION herald.next_event(bigint, interval, boolean) IS
     'runs its handler when handle is true.';
 "#,
     name = "next_event",
-    requires = ["schema"],
+    requires = ["events_schema"],
 );

@@ -10,7 +10,7 @@ use pgrx::PgSqlErrorCode;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use crate::errors::raise;
+use super::errors::raise;
 
 thread_local! {
     static PLANS: RefCell<HashMap<&'static str, pg_sys::SPIPlanPtr>> = RefCell::new(HashMap::new());
@@ -39,6 +39,8 @@ impl Rows {
             "row {row} of {}",
             self.len
         );
+        // SAFETY: `row` is below SPI_processed (asserted above), so `vals[row]` is a tuple of
+        // the table, described by its `tupdesc`; `col` out of range makes SPI return NULL.
         unsafe {
             let tuple = *(*self.table).vals.add(row);
             let desc = (*self.table).tupdesc;
@@ -60,6 +62,8 @@ pub fn execute(
 ) -> Rows {
     assert_eq!(types.len(), args.len(), "argument count of: {sql}");
     let plan = PLANS.with(|plans| {
+        // SAFETY: `text` and `types` outlive the call; the caller is connected to SPI (it
+        // holds a SpiClient), which SPI_prepare_cursor and SPI_keepplan require.
         *plans.borrow_mut().entry(sql).or_insert_with(|| unsafe {
             let text = std::ffi::CString::new(sql).expect("SQL without NUL");
             let mut types = types.to_vec();
@@ -89,6 +93,8 @@ pub fn execute(
         .iter()
         .map(|a| if a.is_some() { b' ' } else { b'n' } as std::ffi::c_char)
         .collect();
+    // SAFETY: `plan` is a kept plan with `values.len()` parameters of the declared types
+    // (asserted above), `nulls` has one flag per value, and SPI is connected.
     unsafe {
         let rc = pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), false, 0);
         if rc < 0 {

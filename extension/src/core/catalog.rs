@@ -1,5 +1,5 @@
-//! Backend-local knowledge about Herald's own objects, and running internal SQL as the
-//! extension owner.
+//! The extension's owner and the oids of its own objects (looked up once per backend), and
+//! running code as another role.
 //!
 //! Callers only need `EXECUTE` on Herald's functions: the bookkeeping those functions do
 //! (inserting events, updating queue status) runs as the owner of the extension, the way a
@@ -9,11 +9,10 @@
 use pgrx::prelude::*;
 use std::cell::Cell;
 
-use crate::errors;
+use super::errors;
 
 thread_local! {
     static OIDS: Cell<Option<Oids>> = const { Cell::new(None) };
-    static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Oids of Herald's objects in this database, looked up once per backend.
@@ -27,9 +26,16 @@ pub struct Oids {
     pub session_event_rel: pg_sys::Oid,
 }
 
+impl Oids {
+    /// The tables whose shape the caches above depend on: a change to one of them (or the
+    /// extension being dropped) makes every cache forget everything.
+    pub fn storage(&self) -> [pg_sys::Oid; 2] {
+        [self.event_rel, self.session_event_rel]
+    }
+}
+
 /// Look up (once) the oids of Herald's objects.
 pub fn oids() -> Oids {
-    register_invalidation_callback();
     if let Some(oids) = OIDS.with(|c| c.get()) {
         return oids;
     }
@@ -84,43 +90,15 @@ pub fn oids() -> Oids {
     oids
 }
 
-/// Forget everything cached about Herald's objects (after DDL on them, or DROP EXTENSION).
-fn reset() {
+/// Forget the cached oids (the invalidation callback does this when the extension's own
+/// tables change, or the extension is dropped). Never raises.
+pub fn forget() {
     OIDS.with(|c| c.set(None));
-    crate::events::layout::invalidate();
-    crate::dispatch::invalidate_tupdesc();
-    crate::listeners::invalidate_cache();
 }
 
-/// Register (once per backend) a relcache callback: `herald._invalidate_listeners()` sends a
-/// relcache invalidation for `herald.listener`, which every backend receives at commit.
-fn register_invalidation_callback() {
-    if CALLBACK_REGISTERED.with(|c| c.replace(true)) {
-        return;
-    }
-    unsafe {
-        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0));
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
-    match OIDS.with(|c| c.get()) {
-        None => crate::listeners::invalidate_cache(),
-        Some(oids) => {
-            if relid == pg_sys::InvalidOid {
-                reset();
-            } else if relid == oids.listener_rel {
-                crate::listeners::invalidate_cache();
-            } else if crate::listeners::is_captured(relid) {
-                // columns, keys or privileges of a captured table changed
-                crate::listeners::invalidate_cache();
-            } else if relid == oids.event_rel || relid == oids.session_event_rel {
-                // herald.event changed shape (or the extension was dropped): look everything up again.
-                reset();
-            }
-        }
-    }
+/// The cached oids, without looking them up (for invalidation hooks, which must not query).
+pub fn cached() -> Option<Oids> {
+    OIDS.with(|c| c.get())
 }
 
 /// Run `f` as the extension owner (for Herald's own bookkeeping), then switch back.
@@ -136,6 +114,7 @@ pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
 pub fn as_user<R>(user: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     let mut saved_user = pg_sys::InvalidOid;
     let mut saved_context = 0;
+    // SAFETY: plain reads and writes of the backend's user id and security context.
     unsafe {
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
         pg_sys::SetUserIdAndSecContext(
@@ -144,22 +123,27 @@ pub fn as_user<R>(user: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
         );
     }
     let result = f();
+    // SAFETY: restores what was saved above.
     unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
     result
 }
 
 /// The current user's oid.
 pub fn current_user() -> pg_sys::Oid {
+    // SAFETY: reads a backend global.
     unsafe { pg_sys::GetUserId() }
 }
 
 /// Is `member` a superuser or does it have the privileges of `role`?
 pub fn has_privs_of_role(member: pg_sys::Oid, role: pg_sys::Oid) -> bool {
+    // SAFETY: catalog lookups by oid; an unknown oid simply has no privileges.
     unsafe { pg_sys::superuser_arg(member) || pg_sys::has_privs_of_role(member, role) }
 }
 
 /// Name of a role, for `source` and messages.
 pub fn role_name(role: pg_sys::Oid) -> String {
+    // SAFETY: with `noerr` the lookup returns NULL for an unknown role instead of raising;
+    // a non-NULL result is a NUL-terminated name palloc'd for us.
     unsafe {
         let name = pg_sys::GetUserNameFromId(role, true);
         if name.is_null() {
@@ -174,6 +158,7 @@ pub fn role_name(role: pg_sys::Oid) -> String {
 
 /// An SQL identifier, quoted as needed.
 pub fn quote_ident(name: &std::ffi::CStr) -> String {
+    // SAFETY: `name` is NUL-terminated; the result is the input or a palloc'd quoted copy.
     unsafe { std::ffi::CStr::from_ptr(pg_sys::quote_identifier(name.as_ptr())) }
         .to_string_lossy()
         .into_owned()
@@ -184,6 +169,8 @@ pub fn quote_ident(name: &std::ffi::CStr) -> String {
 /// # Safety
 /// `rel` must be an open relation.
 pub unsafe fn qualified_name(rel: pg_sys::Relation) -> String {
+    // SAFETY: an open relation has a valid `rd_rel` with a NUL-terminated name; its
+    // namespace exists while the relation is open and locked.
     unsafe {
         let schema = pg_sys::get_namespace_name((*(*rel).rd_rel).relnamespace);
         let name = (*(*rel).rd_rel).relname.data.as_ptr();

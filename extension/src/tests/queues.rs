@@ -1,67 +1,9 @@
-//! In-database tests of the SQL surface (run by `cargo pgrx test`). Each test runs in its
-//! own transaction, which is rolled back afterwards.
-pub mod helpers {
-    use pgrx::prelude::*;
-
-    pub fn run(sql: &str) {
-        Spi::run(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-
-    pub fn one<T: IntoDatum + FromDatum>(sql: &str) -> Option<T> {
-        Spi::get_one::<T>(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
-    }
-
-    pub fn count(sql: &str) -> i64 {
-        one::<i64>(sql).unwrap_or_default()
-    }
-
-    /// Run `sql` in a subtransaction and return the error message (and hint) it raised.
-    pub fn error_of(sql: &str) -> String {
-        unsafe {
-            let context = pg_sys::CurrentMemoryContext;
-            let owner = pg_sys::CurrentResourceOwner;
-            pg_sys::BeginInternalSubTransaction(std::ptr::null());
-            pg_sys::MemoryContextSwitchTo(context);
-            let sql_owned = sql.to_string();
-            let result = PgTryBuilder::new(move || {
-                Spi::run(&sql_owned).ok();
-                pg_sys::ReleaseCurrentSubTransaction();
-                pg_sys::MemoryContextSwitchTo(context);
-                pg_sys::CurrentResourceOwner = owner;
-                None
-            })
-            .catch_others(move |e| {
-                pg_sys::MemoryContextSwitchTo(context);
-                pg_sys::RollbackAndReleaseCurrentSubTransaction();
-                pg_sys::MemoryContextSwitchTo(context);
-                pg_sys::CurrentResourceOwner = owner;
-                Some(match e {
-                    pg_sys::panic::CaughtError::PostgresError(r)
-                    | pg_sys::panic::CaughtError::ErrorReport(r)
-                    | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
-                        format!("{} | {}", r.message(), r.hint().unwrap_or(""))
-                    }
-                })
-            })
-            .execute();
-            result.unwrap_or_else(|| panic!("expected an error from: {sql}"))
-        }
-    }
-
-    pub fn assert_error(sql: &str, expected: &str) {
-        let got = error_of(sql);
-        assert!(
-            got.contains(expected),
-            "{sql}\n  expected error containing: {expected}\n  got: {got}"
-        );
-    }
-}
-
+//! In-database tests of queues, emit and listeners.
 #[pgrx::pg_schema]
 mod tests {
     use pgrx::prelude::*;
 
-    use super::helpers::*;
+    use crate::tests::helpers::*;
 
     /// A queue `q`, a table `seen` and handlers `rec` (records) and `picky` (fails on 'boom').
     fn fixture() {

@@ -1,5 +1,5 @@
--- Herald: triggers, views and privileges. Loaded last by CREATE EXTENSION (pgrx `finalize`),
--- after the Rust functions exist.
+-- Herald event queues: checks, wake-ups, the drainer claim and the status view. Loaded
+-- after the Rust functions they call.
 
 ------------------------------------------------------------------------------------------
 -- Event queue settings: clear errors for bad input, wake-ups for changes.
@@ -89,46 +89,12 @@ CREATE TRIGGER event_queue_changed
     AFTER INSERT OR UPDATE OR DELETE ON herald.event_queue
     FOR EACH ROW EXECUTE FUNCTION herald._event_queue_changed();
 
--- Any change to listeners (through the API or by hand) invalidates every backend's
--- listener cache at commit.
-CREATE FUNCTION herald._listener_changed() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM herald._invalidate_listeners();
-    RETURN NULL;
-END
-$$;
-
-CREATE TRIGGER listener_changed
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON herald.listener
-    FOR EACH STATEMENT EXECUTE FUNCTION herald._listener_changed();
-
--- Dropping a captured table removes its data listeners (and their pending events).
-CREATE FUNCTION herald._on_drop() RETURNS event_trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    gone bigint[];
-BEGIN
-    SELECT array_agg(l.id) INTO gone
-      FROM herald.listener l
-     WHERE l.tbl IS NOT NULL
-       AND l.tbl::oid IN (SELECT d.objid FROM pg_event_trigger_dropped_objects() d
-                           WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objsubid = 0);
-    IF gone IS NOT NULL THEN
-        DELETE FROM herald.event e WHERE e.listener = ANY (gone);
-        DELETE FROM herald.session_event e WHERE e.listener = ANY (gone);
-        DELETE FROM herald.listener l WHERE l.id = ANY (gone);
-    END IF;
-END
-$$;
-CREATE EVENT TRIGGER herald_on_drop ON sql_drop EXECUTE FUNCTION herald._on_drop();
-
 ------------------------------------------------------------------------------------------
 -- Coordinator API: the drainer lock of a queue is a session-level advisory lock.
 ------------------------------------------------------------------------------------------
 CREATE FUNCTION herald.claim_queue(queue text) RETURNS boolean
 LANGUAGE sql STRICT SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce((SELECT pg_try_advisory_lock(1213353028, q.id)
+    SELECT coalesce((SELECT pg_try_advisory_lock(herald._lock_space('queue'), q.id)
                        FROM herald.event_queue q WHERE q.name = queue), false)
 $$;
 COMMENT ON FUNCTION herald.claim_queue(text) IS
@@ -136,7 +102,7 @@ COMMENT ON FUNCTION herald.claim_queue(text) IS
 
 CREATE FUNCTION herald.release_queue(queue text) RETURNS boolean
 LANGUAGE sql STRICT SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce((SELECT pg_advisory_unlock(1213353028, q.id)
+    SELECT coalesce((SELECT pg_advisory_unlock(herald._lock_space('queue'), q.id)
                        FROM herald.event_queue q WHERE q.name = queue), false)
 $$;
 
@@ -162,7 +128,7 @@ SELECT q.name,
          WHERE l.locktype = 'advisory' AND l.granted
            AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
                               WHERE d.datname = pg_catalog.current_database())
-           AND l.classid = 1213353028::oid AND l.objid = q.id::oid AND l.objsubid = 2
+           AND l.classid = herald._lock_space('queue')::oid AND l.objid = q.id::oid AND l.objsubid = 2
          LIMIT 1) AS drainer,
        s.drained_by,
        s.last_lookup_at,
@@ -176,8 +142,3 @@ SELECT q.name,
   JOIN herald.queue_state s ON s.queue = q.name;
 COMMENT ON VIEW herald.queue_status IS
     'Queues with their backlog and the coordinator connection (application_name) draining them.';
-
-------------------------------------------------------------------------------------------
--- Privileges: nothing is open to PUBLIC. See docs/privileges.md for the grants per role.
-------------------------------------------------------------------------------------------
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA herald FROM PUBLIC;

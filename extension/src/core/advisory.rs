@@ -1,0 +1,72 @@
+//! Every advisory-lock key space Herald uses, defined here and nowhere else.
+//!
+//! Herald's advisory locks take two int4 keys, as `pg_advisory_lock(int4, int4)` does: the
+//! first names the key space, the second the object (a queue's id, ...). SQL code gets a
+//! space's number from `herald._lock_space(name)` (immutable, so the planner folds it), so
+//! the numbers below are the only place they are written.
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+
+use super::errors::raise;
+
+/// A key space of Herald's advisory locks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySpace {
+    /// Held (session level) by the coordinator connection that drains a queue; key: the
+    /// queue's id. "HRLD".
+    QueueDrainer,
+}
+
+impl KeySpace {
+    /// Every key space, for lookups by name.
+    pub const ALL: &'static [KeySpace] = &[KeySpace::QueueDrainer];
+
+    /// The first key of locks in this space. Numbers stay below 2^31 so that they read the
+    /// same as `int4` keys and as `pg_locks.classid` (an oid).
+    pub const fn number(self) -> u32 {
+        match self {
+            KeySpace::QueueDrainer => 0x4852_4C44,
+        }
+    }
+
+    /// The name SQL code uses for the space.
+    pub const fn name(self) -> &'static str {
+        match self {
+            KeySpace::QueueDrainer => "queue",
+        }
+    }
+
+    /// The lock-manager tag of lock `key` in this space, in the current database.
+    pub fn tag(self, key: i32) -> pg_sys::LOCKTAG {
+        // SAFETY: LOCKTAG is a plain C struct of integers; all-zero is a valid value.
+        let mut tag: pg_sys::LOCKTAG = unsafe { std::mem::zeroed() };
+        // SAFETY: reads a backend global set at connection time.
+        tag.locktag_field1 = unsafe { pg_sys::MyDatabaseId }.to_u32();
+        tag.locktag_field2 = self.number();
+        tag.locktag_field3 = key as u32;
+        tag.locktag_field4 = 2; // two int4 keys, as pg_advisory_lock(int4, int4)
+        tag.locktag_type = pg_sys::LockTagType::LOCKTAG_ADVISORY as u8;
+        tag.locktag_lockmethodid = pg_sys::USER_LOCKMETHOD as u8;
+        tag
+    }
+}
+
+/// `herald._lock_space(name)`: the first key of Herald's advisory locks of one kind.
+#[pg_extern(immutable, parallel_safe, strict)]
+fn _lock_space(name: &str) -> i32 {
+    match KeySpace::ALL.iter().find(|s| s.name() == name) {
+        Some(space) => space.number() as i32,
+        None => raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("unknown advisory lock space \"{name}\""),
+            Some(format!(
+                "Herald's lock spaces: {}.",
+                KeySpace::ALL
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        ),
+    }
+}

@@ -1,0 +1,25 @@
+//! The low layer: PostgreSQL mechanics that know nothing of events, listeners or queues.
+//!
+//! Everything above may use this layer; nothing here uses anything above it.
+//! - [`errors`]: user mistakes become a clear `ERROR` with a hint
+//! - [`ffi`]: direct calls into PostgreSQL, one error boundary per step
+//! - [`plans`]: kept, generic plans of internal statements
+//! - [`datum`]: datum wrappers pgrx lacks (a jsonb passed through untouched)
+//! - [`catalog`]: the extension's owner and the oids of its own objects, owner switching
+//! - [`relation`]: opened relations that close themselves
+//! - [`subxact`]: running code in an internal subtransaction
+//! - [`fmgr`]: calling a SQL function with one argument, with kept call info
+//! - [`advisory`]: every advisory-lock key space Herald uses, in one place
+//! - [`wakeup`]: setting another backend's latch once the current transaction commits
+//! - [`invalidation`]: one relcache callback, and the caches that hook into it
+pub mod advisory;
+pub mod catalog;
+pub mod datum;
+pub mod errors;
+pub mod ffi;
+pub mod fmgr;
+pub mod invalidation;
+pub mod plans;
+pub mod relation;
+pub mod subxact;
+pub mod wakeup;

@@ -1,0 +1,77 @@
+//! Delivering one event to one listener, the way the listener asked for: stored in its
+//! queue, stored for its session, or handled at once in the producing transaction.
+use pgrx::prelude::*;
+
+use super::store;
+use crate::core::advisory::KeySpace;
+use crate::core::catalog;
+use crate::core::errors;
+use crate::core::ffi;
+use crate::core::wakeup;
+use crate::handlers;
+use crate::model::event::EventRow;
+use crate::model::listener::{Delivery, Listener, QueueRef};
+
+/// Deliver one event to one listener.
+pub fn deliver(event: &EventRow, l: &Listener) {
+    match &l.delivery {
+        Delivery::Queue(queue) => enqueue(event, l.id, queue),
+        Delivery::Sync => deliver_sync(event, l),
+        Delivery::Session(session) => {
+            store::insert(
+                catalog::oids().session_event_rel,
+                &event.for_listener(None, l.id),
+            );
+            wakeup::wake_backend_at_commit(session.pid);
+        }
+    }
+}
+
+/// A new event id. When the event goes into a queue, the caller's transaction must already
+/// have its xid (see `emit`).
+pub fn next_event_id() -> i64 {
+    ffi::nextval(catalog::oids().event_seq)
+}
+
+/// Persist the event into the listener's queue and wake the queue's drainer at commit.
+fn enqueue(event: &EventRow, listener: i64, queue: &QueueRef) {
+    let row = event.for_listener(Some(&queue.name), listener);
+    store::insert(catalog::oids().event_rel, &row);
+    if queue.running {
+        wakeup::wake_holders_at_commit(KeySpace::QueueDrainer, queue.id);
+    }
+}
+
+/// Run a synchronous listener's handler in the producing transaction, in a subtransaction:
+/// a failing handler is reported as a WARNING and logged, and the producer goes on.
+fn deliver_sync(event: &EventRow, l: &Listener) {
+    let row = event.for_listener(None, l.id);
+    let datum = handlers::event_datum_of(&row);
+    if let Err(e) = handlers::call_in_subtransaction(l.handler, datum, None) {
+        errors::warning(
+            format!(
+                "herald: handler of listener {} failed on event {}: {}",
+                l.id, event.id, e.message
+            ),
+            e.detail.clone(),
+        );
+        log_sync_failure(&row, l, &e.text());
+    }
+}
+
+fn log_sync_failure(event: &EventRow, l: &Listener, error: &str) {
+    catalog::as_owner(|| {
+        errors::spi(Spi::run_with_args(
+            "INSERT INTO herald.event_log (queue, event_id, listener, handler, type, action, outcome, error)
+             VALUES (NULL, $1, $2, $3::pg_catalog.oid::pg_catalog.regprocedure::text, $4, $5, 'failed', $6)",
+            &[
+                event.id.into(),
+                l.id.into(),
+                l.handler.into(),
+                event.r#type.into(),
+                event.action.into(),
+                error.into(),
+            ],
+        ))
+    });
+}

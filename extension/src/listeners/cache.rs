@@ -1,0 +1,166 @@
+//! The per-backend listener cache.
+//!
+//! It is what keeps `herald.emit` and the capture trigger cheap: the listener table is read
+//! once per backend and again only after a relcache invalidation of `herald.listener` (its
+//! statement trigger sends one on every change) or of a captured table (columns, keys or
+//! privileges changed).
+use pgrx::prelude::*;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+
+use crate::core::catalog;
+use crate::core::errors;
+use crate::core::invalidation::{self, Scope};
+use crate::model::data::{Cols, DataSpec};
+use crate::model::listener::{DataSource, Delivery, Listener, QueueRef, Source};
+use crate::model::session::Session;
+
+/// All listeners by id, user-event listeners by event type, data listeners by table.
+#[derive(Default, Debug)]
+pub struct ListenerSet {
+    by_type: HashMap<String, Vec<Rc<Listener>>>,
+    any_type: Vec<Rc<Listener>>,
+    by_id: HashMap<i64, Rc<Listener>>,
+    by_table: HashMap<pg_sys::Oid, Vec<Rc<Listener>>>,
+}
+
+impl ListenerSet {
+    /// The listener with this id, if it still exists.
+    pub fn get(&self, id: i64) -> Option<Rc<Listener>> {
+        self.by_id.get(&id).cloned()
+    }
+
+    /// Data listeners of a table, in registration order.
+    pub fn on_table(&self, relid: pg_sys::Oid) -> &[Rc<Listener>] {
+        self.by_table.get(&relid).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Listeners of `event_type`, in registration order.
+    pub fn matching(&self, event_type: &str) -> Vec<Rc<Listener>> {
+        let mut out: Vec<Rc<Listener>> = self.any_type.clone();
+        if let Some(ls) = self.by_type.get(event_type) {
+            out.extend(ls.iter().cloned());
+        }
+        if !self.any_type.is_empty() {
+            out.sort_by_key(|l| l.id);
+        }
+        out
+    }
+
+    fn add(&mut self, listener: Listener) {
+        let listener = Rc::new(listener);
+        self.by_id.insert(listener.id, listener.clone());
+        match &listener.source {
+            Source::DataChanges(data) => {
+                self.by_table
+                    .entry(data.table)
+                    .or_default()
+                    .push(listener.clone());
+            }
+            Source::UserEvents(types) => {
+                for t in types {
+                    if t == "*" {
+                        self.any_type.push(listener.clone());
+                    } else {
+                        self.by_type
+                            .entry(t.clone())
+                            .or_default()
+                            .push(listener.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    static CACHE: RefCell<Option<Rc<ListenerSet>>> = const { RefCell::new(None) };
+    /// Tables with data listeners: DDL on them (columns, privileges) invalidates the cache.
+    static CAPTURED: RefCell<HashSet<pg_sys::Oid>> = RefCell::new(HashSet::new());
+}
+
+/// Does an invalidation concern the listener cache (and what is derived from it)? Never
+/// raises: it runs inside the relcache callback.
+pub fn concerns_listeners(scope: Scope) -> bool {
+    match scope {
+        Scope::All => true,
+        Scope::Relation(relid) => {
+            catalog::cached().is_none_or(|oids| oids.listener_rel == relid)
+                || CAPTURED.with(|c| c.try_borrow().map(|c| c.contains(&relid)).unwrap_or(true))
+        }
+    }
+}
+
+/// Hook the cache into relcache invalidations (from `_PG_init`).
+pub fn init() {
+    invalidation::register(|scope| {
+        if concerns_listeners(scope) {
+            CACHE.with(|c| {
+                if let Ok(mut c) = c.try_borrow_mut() {
+                    *c = None;
+                }
+            });
+        }
+    });
+}
+
+/// The current listener set, loading it if needed.
+pub fn current() -> Rc<ListenerSet> {
+    if let Some(set) = CACHE.with(|c| c.borrow().clone()) {
+        return set;
+    }
+    let set = Rc::new(load());
+    CACHE.with(|c| *c.borrow_mut() = Some(set.clone()));
+    set
+}
+
+fn load() -> ListenerSet {
+    catalog::as_owner(|| {
+        errors::spi(Spi::connect(|client| {
+            let mut set = ListenerSet::default();
+            for row in client.select(include_str!("load.sql"), None, &[])? {
+                let types = row.get::<Vec<String>>(3)?.unwrap_or_default();
+                let source = match (row.get::<String>(8)?.as_deref(), row.get::<pg_sys::Oid>(9)?) {
+                    (Some("data"), Some(table)) => Source::DataChanges(DataSource {
+                        table,
+                        spec: DataSpec::from_items(&types),
+                        key: Cols::of(&row.get::<Vec<i32>>(10)?.unwrap_or_default()),
+                        hidden: Cols::of(&row.get::<Vec<i32>>(11)?.unwrap_or_default()),
+                    }),
+                    (Some("event"), _) => Source::UserEvents(types),
+                    _ => continue, // a kind this version does not deliver
+                };
+                let delivery = match (
+                    row.get::<bool>(6)?.unwrap_or(false),
+                    row.get::<String>(4)?,
+                    row.get::<i32>(12)?,
+                ) {
+                    (true, _, _) => Delivery::Sync,
+                    (false, Some(name), _) => Delivery::Queue(QueueRef {
+                        name,
+                        id: row.get::<i32>(5)?.unwrap_or_default(),
+                        running: row.get::<bool>(13)?.unwrap_or(false),
+                    }),
+                    (false, None, Some(pid)) => Delivery::Session(Session {
+                        pid,
+                        start: row
+                            .get::<pgrx::datum::TimestampWithTimeZone>(14)?
+                            .map(pg_sys::TimestampTz::from)
+                            .unwrap_or_default(),
+                    }),
+                    (false, None, None) => continue, // malformed by hand: nowhere to deliver
+                };
+                set.add(Listener {
+                    id: row.get::<i64>(1)?.unwrap_or_default(),
+                    handler: row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
+                    owner: row.get::<pg_sys::Oid>(7)?.unwrap_or(pg_sys::InvalidOid),
+                    source,
+                    delivery,
+                });
+            }
+            CAPTURED.with(|c| *c.borrow_mut() = set.by_table.keys().copied().collect());
+            Ok::<_, pgrx::spi::SpiError>(set)
+        }))
+    })
+}

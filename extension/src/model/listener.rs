@@ -1,0 +1,77 @@
+//! A listener: what it listens to (its source), how its events reach its handler (its
+//! delivery), and whose privileges its handler runs with (its owner).
+use pgrx::prelude::*;
+
+use super::data::{Cols, DataSpec};
+use super::session::Session;
+
+/// Event types that belong to Herald's built-in sources; `emit` and `add_event_listener`
+/// refuse them.
+pub const RESERVED_TYPES: &[&str] = &["SYSTEM", "LOGIN", "JOB", "CALLIN", "CALLOUT", "DATA"];
+
+/// A listener as the delivery code needs it.
+#[derive(Debug)]
+pub struct Listener {
+    pub id: i64,
+    /// The handler function: takes one `herald.event`.
+    pub handler: pg_sys::Oid,
+    /// The role that registered the listener; its handler runs as this role.
+    pub owner: pg_sys::Oid,
+    pub source: Source,
+    pub delivery: Delivery,
+}
+
+/// What a listener listens to.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// User events (`herald.emit`) of these types; `"*"` stands for every type.
+    UserEvents(Vec<String>),
+    /// Changes of the rows of a table.
+    DataChanges(DataSource),
+}
+
+/// A data listener's table and what it asks for.
+#[derive(Debug, Clone)]
+pub struct DataSource {
+    pub table: pg_sys::Oid,
+    pub spec: DataSpec,
+    /// Primary key columns of the table.
+    pub key: Cols,
+    /// Columns the listener's owner may not read: never shown in its events.
+    pub hidden: Cols,
+}
+
+/// How a listener's events reach its handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Stored in a queue and handled by the queue's drainer, in order.
+    Queue(QueueRef),
+    /// Handled inside the producing transaction.
+    Sync,
+    /// Kept for the session that registered the listener, read with `herald.next_event`.
+    Session(Session),
+}
+
+/// The queue a listener delivers into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueRef {
+    pub name: String,
+    pub id: i32,
+    /// The queue's `event_run` (listener caches are reloaded when it changes): a stopped
+    /// queue has no drainer to wake.
+    pub running: bool,
+}
+
+impl Delivery {
+    /// The queue, for queued delivery.
+    pub fn queue(&self) -> Option<&QueueRef> {
+        match self {
+            Delivery::Queue(q) => Some(q),
+            _ => None,
+        }
+    }
+
+    pub fn is_sync(&self) -> bool {
+        matches!(self, Delivery::Sync)
+    }
+}

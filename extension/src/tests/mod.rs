@@ -1,0 +1,7 @@
+//! In-database tests of the SQL surface (run by `cargo pgrx test`). Each test runs in its
+//! own transaction, which is rolled back afterwards.
+pub mod helpers;
+
+mod capture;
+mod queues;
+mod sessions;

@@ -1,0 +1,12 @@
+-- Herald: loaded first by CREATE EXTENSION (pgrx `bootstrap`); schema herald itself comes
+-- from the control file.
+--
+-- Layout of the SQL files: one folder per area (queues/, listeners/, events/, sessions/),
+-- each with schema.sql (tables, loaded before the Rust functions) and, where it has any,
+-- triggers.sql (triggers and views that call Rust functions, loaded after them);
+-- privileges.sql comes last (pgrx `finalize`). The upgrade scripts are
+-- herald--A--B.sql; releases/ keeps the install scripts of earlier releases.
+--
+-- Everything an operator needs to look at or repair is an ordinary table in schema herald.
+-- Internal SQL is schema-qualified and uses pg_catalog operators so that a caller's
+-- search_path can never redirect it.

@@ -1,0 +1,56 @@
+-- Herald 0.3.0 -> 0.4.0: the layout release. The advisory-lock key spaces are defined once,
+-- in Rust, and SQL asks herald._lock_space() for them instead of repeating the number.
+-- tests/tests/upgrade.rs checks that an upgraded database matches a fresh install.
+
+-- complain if the script is sourced in psql rather than via ALTER EXTENSION
+\echo Use "ALTER EXTENSION herald UPDATE" to load this file. \quit
+
+CREATE FUNCTION herald._lock_space("name" text) RETURNS integer
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c AS 'MODULE_PATHNAME', '_lock_space_wrapper';
+REVOKE ALL ON FUNCTION herald._lock_space(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION herald._lock_space(text) TO PUBLIC;
+
+CREATE OR REPLACE FUNCTION herald.claim_queue(queue text) RETURNS boolean
+LANGUAGE sql STRICT SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT pg_try_advisory_lock(herald._lock_space('queue'), q.id)
+                       FROM herald.event_queue q WHERE q.name = queue), false)
+$$;
+
+CREATE OR REPLACE FUNCTION herald.release_queue(queue text) RETURNS boolean
+LANGUAGE sql STRICT SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT pg_advisory_unlock(herald._lock_space('queue'), q.id)
+                       FROM herald.event_queue q WHERE q.name = queue), false)
+$$;
+
+CREATE OR REPLACE VIEW herald.queue_status AS
+SELECT q.name,
+       CASE WHEN s.held_event IS NOT NULL THEN 'held'
+            WHEN q.event_run = 1 THEN 'running'
+            ELSE 'stopped' END AS state,
+       q.event_run,
+       q.event_amount_per_lookup,
+       q.event_hold_on_error,
+       q.event_log_level,
+       (SELECT count(*) FROM herald.event e
+         WHERE e.queue = q.name AND e.id >= s.scan_from) AS backlog,
+       (SELECT min(e.created_at) FROM herald.event e
+         WHERE e.queue = q.name AND e.id >= s.scan_from) AS oldest_event_at,
+       (SELECT a.application_name
+          FROM pg_catalog.pg_locks l
+          JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+         WHERE l.locktype = 'advisory' AND l.granted
+           AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                              WHERE d.datname = pg_catalog.current_database())
+           AND l.classid = herald._lock_space('queue')::oid AND l.objid = q.id::oid AND l.objsubid = 2
+         LIMIT 1) AS drainer,
+       s.drained_by,
+       s.last_lookup_at,
+       s.held_event,
+       s.last_error,
+       s.last_error_at,
+       s.handled_count,
+       s.failed_count,
+       s.skipped_count
+  FROM herald.event_queue q
+  JOIN herald.queue_state s ON s.queue = q.name;
