@@ -4,18 +4,26 @@
 //! state lives in PostgreSQL: a coordinator owns a queue for as long as its connection holds
 //! the queue's advisory lock (`herald.claim_queue`).
 //!
-//! - [`coordinator`]: the supervisor that claims running queues and starts drainers
-//! - [`drainer`]: one task per owned queue: lookup, then wait for work
-//! - [`shutdown`]: the shared stop signal every task listens to
-//! - [`db`]: how connections are opened and named (`herald/<node>`)
-//! - [`status`]: `herald status`
-//! - [`cluster`]: a private PostgreSQL cluster from the installed server binaries
-//! - [`demo`]: `herald demo`
+//! Layers, bottom to top (a module uses only those below it; areas never use each other;
+//! `tests/tests/layers.rs` checks this):
+//! 1. [`shutdown`] (the shared stop signal), [`config`] (command line and environment)
+//! 2. [`service`] (back-off and pauses every task shares), [`db`] (connections, named
+//!    `herald/<node>`), [`cluster`] (a private PostgreSQL cluster from the installed server
+//!    binaries)
+//! 3. [`api`]: the typed boundary to the extension, one function per `herald.*` call
+//! 4. areas: [`queues`] (claiming queues, draining them); later `jobs/` (job runners and
+//!    the job manager), `reports/` with `reports/channels/` (generation and output),
+//!    `maintenance/` (tasks on an elected node) and `web/` (the dashboard)
+//! 5. [`coordinator`] (wires the areas to one control connection), [`status`]
+//!    (`herald status`)
+//! 6. [`demo`] (`herald demo`)
+pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod coordinator;
 pub mod db;
 pub mod demo;
-pub mod drainer;
+pub mod queues;
+pub mod service;
 pub mod shutdown;
 pub mod status;

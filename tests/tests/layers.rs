@@ -43,7 +43,7 @@ const COORDINATOR: Crate = Crate {
     src: "coordinator/src",
     layers: &[
         ("shutdown", 0),
-        ("service", 0),
+        ("service", 1),
         ("config", 0),
         ("db", 1),
         ("cluster", 1),

@@ -187,6 +187,27 @@ mod tests {
     }
 
     #[pg_test]
+    fn the_drainer_lock_of_a_queue_is_in_the_queue_key_space() {
+        run("INSERT INTO herald.event_queue (name, event_run) VALUES ('q', 1)");
+        let space = one::<i32>("SELECT herald._lock_space('queue')").unwrap();
+        assert_eq!(one::<bool>("SELECT herald.claim_queue('q')"), Some(true));
+        // the lock a coordinator takes is the one the key space names, on the queue's id
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM pg_locks l JOIN herald.event_queue q ON q.name = 'q'
+                  WHERE l.locktype = 'advisory' AND l.pid = pg_backend_pid()
+                    AND l.classid = {space}::oid AND l.objid = q.id::oid AND l.objsubid = 2"
+            )),
+            1
+        );
+        assert_eq!(one::<bool>("SELECT herald.release_queue('q')"), Some(true));
+        assert_error(
+            "SELECT herald._lock_space('jobs?')",
+            "unknown advisory lock space \"jobs?\" | Herald's lock spaces: queue.",
+        );
+    }
+
+    #[pg_test]
     fn emit_checks_its_arguments() {
         assert_error(
             "SELECT herald.emit(NULL, 'x')",

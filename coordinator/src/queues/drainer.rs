@@ -5,7 +5,9 @@
 //! A lookup is never interrupted: on shutdown the drainer finishes it, so handlers' effects
 //! and acknowledgements always commit together. Waiting is interrupted at once.
 use tokio_postgres::Client;
+use tracing::instrument;
 
+use crate::api::{self, ApiError, DrainerCalls, QueueState};
 use crate::shutdown::Shutdown;
 
 /// How long one server-side wait lasts before the drainer looks around again.
@@ -20,51 +22,43 @@ pub enum Exit {
     Shutdown,
 }
 
+#[instrument(name = "drainer", skip_all, fields(queue = %queue))]
 pub async fn run(
     client: Client,
     queue: String,
     node: String,
     mut shutdown: Shutdown,
-) -> Result<Exit, tokio_postgres::Error> {
-    let drain = client
-        .prepare("SELECT state, handled, failed, more FROM herald.drain($1, $2)")
-        .await?;
-    let wait = client.prepare("SELECT herald.await_events($1, $2)").await?;
-    tracing::info!(queue = %queue, "draining");
+) -> Result<Exit, ApiError> {
+    let calls = DrainerCalls::prepare(&client).await?;
+    tracing::info!("draining");
     loop {
         if shutdown.is_stopping() {
             return Ok(Exit::Shutdown);
         }
-        let row = client.query_one(&drain, &[&queue, &node]).await?;
-        let state: &str = row.get(0);
-        let handled: i32 = row.get(1);
-        let failed: i32 = row.get(2);
-        let more: bool = row.get(3);
+        let lookup = calls.drain(&client, &queue, &node).await?;
+        let (handled, failed) = (lookup.handled, lookup.failed);
         if handled > 0 || failed > 0 {
-            tracing::debug!(queue = %queue, handled, failed, "lookup");
+            tracing::debug!(handled, failed, "lookup");
         }
         if failed > 0 {
-            tracing::warn!(queue = %queue, failed, "handlers failed; see herald.event_log");
+            tracing::warn!(failed, "handlers failed; see herald.event_log");
         }
-        match state {
-            "stopped" => {
-                client
-                    .execute("SELECT herald.release_queue($1)", &[&queue])
-                    .await?;
-                tracing::info!(queue = %queue, "queue stopped; released");
+        match lookup.state {
+            QueueState::Stopped => {
+                api::release_queue(&client, &queue).await?;
+                tracing::info!("queue stopped; released");
                 return Ok(Exit::QueueStopped);
             }
-            "held" if handled > 0 || failed > 0 => {
-                tracing::warn!(queue = %queue, "queue held at a failing event; resume with herald.resume_queue()");
+            QueueState::Held if handled > 0 || failed > 0 => {
+                tracing::warn!("queue held at a failing event; resume with herald.resume_queue()");
             }
-            _ => {}
+            QueueState::Held | QueueState::Running => {}
         }
-        if more {
+        if lookup.more {
             continue;
         }
-        let wait_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&queue, &WAIT_MS];
         tokio::select! {
-            r = client.query_one(&wait, &wait_params) => { r?; }
+            r = calls.await_events(&client, &queue, WAIT_MS) => { r?; }
             _ = shutdown.stopped() => return Ok(Exit::Shutdown),
         }
     }
