@@ -7,12 +7,14 @@
 //! dies before commit leaves neither effects nor acknowledgements. Coordinators additionally
 //! hold the queue's advisory lock (`herald.claim_queue`) so that one of them drains it.
 use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode as Code;
+use std::cell::Cell;
 
 use super::floor::{self, Floor, NextFloor, Seen};
 use super::no_such_queue;
 use crate::core::catalog;
 use crate::core::datum::JsonbDatum;
-use crate::core::errors;
+use crate::core::errors::{self, raise};
 use crate::core::plans;
 use crate::handlers::{self, HandlerError};
 use crate::listeners::cache;
@@ -138,6 +140,7 @@ fn drain(
     ),
 > {
     let queue = errors::required(queue, "queue");
+    let _drain = Draining::enter();
     let lookup = catalog::as_owner(|| lookup(queue, node));
     TableIterator::once((
         lookup.state.name().to_string(),
@@ -145,6 +148,33 @@ fn drain(
         lookup.failed,
         lookup.more,
     ))
+}
+
+thread_local! {
+    static DRAINING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks a lookup in progress in this backend; a handler that calls `herald.drain` again
+/// would hand out the events of the running lookup a second time, so that is refused.
+struct Draining;
+
+impl Draining {
+    fn enter() -> Draining {
+        if DRAINING.with(|d| d.replace(true)) {
+            raise(
+                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "herald.drain() cannot be called while a lookup is running in this session",
+                Some("A handler must not drain queues: let the coordinators do it.".into()),
+            );
+        }
+        Draining
+    }
+}
+
+impl Drop for Draining {
+    fn drop(&mut self) {
+        DRAINING.with(|d| d.set(false));
+    }
 }
 
 fn lookup(queue: &str, node: Option<&str>) -> Lookup {

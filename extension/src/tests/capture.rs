@@ -26,6 +26,34 @@ mod tests {
     }
 
     #[pg_test]
+    fn the_capture_function_refuses_triggers_it_was_not_made_for() {
+        fixture();
+        let l = one::<i64>("SELECT herald.add_data_listener('t', 'rec', queue => 'q')").unwrap();
+        assert!(l > 0);
+        // a statement-level trigger has no rows: it used to crash the backend
+        run("CREATE TRIGGER by_hand AFTER INSERT ON t FOR EACH STATEMENT EXECUTE FUNCTION herald._capture()");
+        assert_error(
+            "INSERT INTO t (id, qty) VALUES (1, 1)",
+            "herald._capture() must be fired AFTER each row",
+        );
+        run("DROP TRIGGER by_hand ON t");
+        // a BEFORE trigger would swallow the row it returns NULL for
+        run("CREATE TRIGGER by_hand BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION herald._capture()");
+        assert_error(
+            "INSERT INTO t (id, qty) VALUES (2, 2)",
+            "herald.add_data_listener() creates the right ones",
+        );
+        run("DROP TRIGGER by_hand ON t");
+        // the real triggers still work, and nothing was lost or half-written
+        run("INSERT INTO t (id, qty) VALUES (3, 3)");
+        assert_eq!(count("SELECT count(*) FROM t"), 1);
+        assert_eq!(
+            count("SELECT count(*) FROM herald.event WHERE queue = 'q'"),
+            1
+        );
+    }
+
+    #[pg_test]
     fn every_level_and_action_gets_exactly_what_it_asked_for() {
         fixture();
         let key = one::<i64>("SELECT herald.add_data_listener('t', 'rec', 'INSERT=1,UPDATE=1,DELETE=1', sync => true)").unwrap();

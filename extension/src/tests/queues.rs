@@ -187,6 +187,34 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_handler_cannot_drain_while_a_lookup_runs() {
+        fixture();
+        run(
+            "CREATE FUNCTION nested(e herald.event) RETURNS void LANGUAGE sql AS
+             $$ SELECT herald.drain('q') $$",
+        );
+        run("SELECT herald.add_event_listener('nested', 'n', queue => 'q')");
+        run("SELECT herald.add_event_listener('rec', 'n', queue => 'q')");
+        run("SELECT herald.emit('n', 'one')");
+        run("SELECT herald.emit('n', 'two')");
+        run("SELECT * FROM herald.drain('q')");
+        // each event reached `rec` once; the nested drains failed instead of handing the
+        // lookup's events out again
+        assert_eq!(count("SELECT count(*) FROM seen"), 2);
+        assert_eq!(count("SELECT count(DISTINCT event_id) FROM seen"), 2);
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM herald.event_log WHERE outcome = 'failed'
+                  AND error LIKE 'herald.drain() cannot be called while a lookup is running%'"
+            ),
+            2
+        );
+        // and draining works again afterwards
+        run("SELECT herald.emit('t', 'x')");
+        run("SELECT * FROM herald.drain('q')");
+    }
+
+    #[pg_test]
     fn the_drainer_lock_of_a_queue_is_in_the_queue_key_space() {
         run("INSERT INTO herald.event_queue (name, event_run) VALUES ('q', 1)");
         let space = one::<i32>("SELECT herald._lock_space('queue')").unwrap();

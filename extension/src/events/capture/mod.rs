@@ -141,6 +141,22 @@ pub unsafe extern "C-unwind" fn herald_capture(fcinfo: pg_sys::FunctionCallInfo)
         pg_sys::TRIGGER_EVENT_DELETE => Action::Delete,
         _ => Action::Truncate,
     };
+    // Only the triggers add_data_listener creates are valid: AFTER ... FOR EACH ROW for row
+    // changes and AFTER TRUNCATE FOR EACH STATEMENT. Anything else would read tuples that
+    // are not there (a statement trigger) or swallow the row (a BEFORE trigger).
+    let after = data.tg_event & pg_sys::TRIGGER_EVENT_TIMINGMASK == pg_sys::TRIGGER_EVENT_AFTER;
+    let per_row = data.tg_event & pg_sys::TRIGGER_EVENT_ROW != 0;
+    if !after || per_row == (action == Action::Truncate) {
+        raise(
+            Code::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+            "herald._capture() must be fired AFTER each row (or AFTER TRUNCATE for each statement)",
+            Some(
+                "Do not create triggers on herald._capture() by hand: herald.add_data_listener() \
+                 creates the right ones."
+                    .into(),
+            ),
+        );
+    }
     let rel = data.tg_relation;
     // SAFETY: the trigger's relation is open for the whole call.
     let relid = unsafe { (*rel).rd_id };
