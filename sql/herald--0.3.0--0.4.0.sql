@@ -1,5 +1,6 @@
 -- Herald 0.3.0 -> 0.4.0: the layout release. The advisory-lock key spaces are defined once,
 -- in Rust, and SQL asks herald._lock_space() for them instead of repeating the number.
+-- Listeners edited by hand are checked like registered ones (herald._listener_check).
 -- tests/tests/upgrade.rs checks that an upgraded database matches a fresh install.
 
 -- complain if the script is sourced in psql rather than via ALTER EXTENSION
@@ -54,3 +55,29 @@ SELECT q.name,
        s.skipped_count
   FROM herald.event_queue q
   JOIN herald.queue_state s ON s.queue = q.name;
+
+-- A listener edited by hand must still name a valid handler: drain calls it with a
+-- herald.event, and a function of another signature would be called with the wrong
+-- argument. (herald.add_*_listener check the same, with more detailed errors.)
+CREATE FUNCTION herald._listener_check() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_proc p
+                    WHERE p.oid = NEW.handler::oid AND p.prokind = 'f' AND p.pronargs = 1
+                      AND p.proargtypes[0] = 'herald.event'::regtype AND NOT p.proretset) THEN
+        RAISE EXCEPTION 'handler % of listener % must be a function taking exactly one herald.event and returning one value',
+                NEW.handler, NEW.id
+            USING ERRCODE = 'invalid_function_definition',
+                  HINT = 'A handler is a function taking one herald.event, for example: '
+                         'CREATE FUNCTION h(e herald.event) RETURNS void LANGUAGE sql AS $h$ ... $h$;';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER listener_check
+    BEFORE INSERT OR UPDATE OF handler ON herald.listener
+    FOR EACH ROW EXECUTE FUNCTION herald._listener_check();
+
+-- functions are not open to PUBLIC (as in a fresh install)
+REVOKE ALL ON FUNCTION herald._listener_check() FROM PUBLIC;

@@ -1,6 +1,29 @@
 -- Herald listeners: cache invalidation and clean-up when captured tables are dropped.
 -- Loaded after the Rust functions they call.
 
+-- A listener edited by hand must still name a valid handler: drain calls it with a
+-- herald.event, and a function of another signature would be called with the wrong
+-- argument. (herald.add_*_listener check the same, with more detailed errors.)
+CREATE FUNCTION herald._listener_check() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_proc p
+                    WHERE p.oid = NEW.handler::oid AND p.prokind = 'f' AND p.pronargs = 1
+                      AND p.proargtypes[0] = 'herald.event'::regtype AND NOT p.proretset) THEN
+        RAISE EXCEPTION 'handler % of listener % must be a function taking exactly one herald.event and returning one value',
+                NEW.handler, NEW.id
+            USING ERRCODE = 'invalid_function_definition',
+                  HINT = 'A handler is a function taking one herald.event, for example: '
+                         'CREATE FUNCTION h(e herald.event) RETURNS void LANGUAGE sql AS $h$ ... $h$;';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER listener_check
+    BEFORE INSERT OR UPDATE OF handler ON herald.listener
+    FOR EACH ROW EXECUTE FUNCTION herald._listener_check();
+
 -- Any change to listeners (through the API or by hand) invalidates every backend's
 -- listener cache at commit.
 CREATE FUNCTION herald._listener_changed() RETURNS trigger

@@ -42,7 +42,7 @@ pub fn resolve_handler(handler: &str) -> pg_sys::Oid {
         let rows = client.select(
             "SELECT p.oid, p.prokind::text, p.pronargs::int4,
                     p.proargtypes[0] OPERATOR(pg_catalog.=) 'herald.event'::pg_catalog.regtype,
-                    pg_catalog.has_function_privilege(p.oid, 'EXECUTE')
+                    pg_catalog.has_function_privilege(p.oid, 'EXECUTE'), p.proretset
                FROM pg_catalog.pg_proc p
               WHERE p.oid OPERATOR(pg_catalog.=) pg_catalog.to_regprocedure($1)",
             Some(1),
@@ -58,9 +58,10 @@ pub fn resolve_handler(handler: &str) -> pg_sys::Oid {
             row.get::<i32>(3)?.unwrap_or_default(),
             row.get::<bool>(4)?.unwrap_or(false),
             row.get::<bool>(5)?.unwrap_or(false),
+            row.get::<bool>(6)?.unwrap_or(false),
         )))
     }));
-    let Some((oid, kind, nargs, takes_event, may_execute)) = found else {
+    let Some((oid, kind, nargs, takes_event, may_execute, returns_set)) = found else {
         // Say whether the name exists with another signature.
         let base = handler
             .split('(')
@@ -96,6 +97,13 @@ pub fn resolve_handler(handler: &str) -> pg_sys::Oid {
         raise(
             Code::ERRCODE_WRONG_OBJECT_TYPE,
             format!("handler {with_args} must be a plain function, not a procedure or aggregate"),
+            hint,
+        );
+    }
+    if returns_set {
+        raise(
+            Code::ERRCODE_INVALID_FUNCTION_DEFINITION,
+            format!("handler function {with_args} must not return a set"),
             hint,
         );
     }

@@ -23,6 +23,7 @@ fn resume_queue(queue: Option<&str>, action: default!(Option<&str>, "'retry'")) 
             Some("Use 'retry' to handle the held event again or 'skip' to drop it.".into()),
         );
     }
+    let operator = catalog::role_name(catalog::current_user());
     catalog::as_owner(|| {
         Spi::connect_mut(|client| {
             let held = errors::spi(client.update(
@@ -64,6 +65,7 @@ fn resume_queue(queue: Option<&str>, action: default!(Option<&str>, "'retry'")) 
                     listener.into(),
                     outcome.into(),
                     (action == "skip").into(),
+                    operator.as_str().into(),
                 ],
             ));
             errors::spi(client.update(

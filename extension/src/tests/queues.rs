@@ -187,6 +187,63 @@ mod tests {
     }
 
     #[pg_test]
+    fn handlers_edited_by_hand_or_returning_sets_are_refused() {
+        fixture();
+        run(
+            "CREATE FUNCTION many(e herald.event) RETURNS SETOF int LANGUAGE sql AS $$ SELECT 1 $$",
+        );
+        assert_error(
+            "SELECT herald.add_event_listener('many', 'x', queue => 'q')",
+            "handler function many(herald.event) must not return a set",
+        );
+        let l = one::<i64>("SELECT herald.add_event_listener('rec', 'x', queue => 'q')").unwrap();
+        run("CREATE FUNCTION wrongsig(i int) RETURNS void LANGUAGE sql AS $$ $$");
+        // drain would call it with a herald.event: refused when the listener is edited
+        assert_error(
+            &format!(
+                "UPDATE herald.listener SET handler = 'wrongsig(int)'::regprocedure WHERE id = {l}"
+            ),
+            "must be a function taking exactly one herald.event",
+        );
+        assert_error(
+            &format!(
+                "UPDATE herald.listener SET handler = 'many(herald.event)'::regprocedure WHERE id = {l}"
+            ),
+            "must be a function taking exactly one herald.event",
+        );
+        // a valid edit is fine, and the listener still works
+        run(
+            "CREATE FUNCTION rec2(e herald.event) RETURNS void LANGUAGE sql AS
+             $$ INSERT INTO seen (event_id, action) VALUES (e.id, 'rec2') $$",
+        );
+        run(&format!(
+            "UPDATE herald.listener SET handler = 'rec2(herald.event)'::regprocedure WHERE id = {l}"
+        ));
+        run("SELECT herald.emit('x', 'go')");
+        run("SELECT * FROM herald.drain('q')");
+        assert_eq!(count("SELECT count(*) FROM seen WHERE action = 'rec2'"), 1);
+    }
+
+    #[pg_test]
+    fn a_resume_is_logged_with_the_operator_who_made_it() {
+        fixture();
+        run("UPDATE herald.event_queue SET event_hold_on_error = 1 WHERE name = 'q'");
+        run("SELECT herald.add_event_listener('picky', 't', queue => 'q')");
+        run("SELECT herald.emit('t', 'boom')");
+        run("SELECT * FROM herald.drain('q')");
+        run("CREATE ROLE herald_test_ops");
+        run("GRANT USAGE ON SCHEMA herald TO herald_test_ops");
+        run("GRANT EXECUTE ON FUNCTION herald.resume_queue(text, text) TO herald_test_ops");
+        run("SET LOCAL ROLE herald_test_ops");
+        run("SELECT herald.resume_queue('q', 'skip')");
+        run("RESET ROLE");
+        assert_eq!(
+            one::<String>("SELECT node FROM herald.event_log WHERE outcome = 'skipped'"),
+            Some("herald_test_ops".into())
+        );
+    }
+
+    #[pg_test]
     fn a_handler_cannot_drain_while_a_lookup_runs() {
         fixture();
         run(
