@@ -21,6 +21,11 @@ BEGIN
             USING ERRCODE = 'feature_not_supported',
                   HINT = 'Create a queue with the new name and register the listeners on it.';
     END IF;
+    IF TG_OP = 'UPDATE' AND NEW.id IS DISTINCT FROM OLD.id THEN
+        RAISE EXCEPTION 'the id of event queue "%" cannot be changed', OLD.name
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'It keys the queue''s drainer lock: a new id would let a second coordinator drain the queue.';
+    END IF;
     IF NEW.name IS NULL OR NEW.name = '' THEN
         RAISE EXCEPTION 'an event queue needs a name'
             USING ERRCODE = 'not_null_violation',

@@ -66,6 +66,12 @@ mod tests {
                 &format!("event_amount_per_lookup of queue \"z\" must be between 1 and 10000, {shown}"),
             );
         }
+        run("INSERT INTO herald.event_queue (name) VALUES ('kept')");
+        assert_error(
+            "UPDATE herald.event_queue SET id = DEFAULT WHERE name = 'kept'",
+            "the id of event queue \"kept\" cannot be changed",
+        );
+        run("DELETE FROM herald.event_queue WHERE name = 'kept'");
         assert_error(
             "INSERT INTO herald.event_queue (name, event_log_level) VALUES ('z', 4)",
             "event_log_level of queue \"z\" must be between 0 and 3",
