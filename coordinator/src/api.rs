@@ -1,6 +1,10 @@
 //! The typed boundary to the extension: one Rust function per `herald.*` call the
-//! coordinator makes. Everything above this module speaks in these types; no other module
-//! writes SQL against schema `herald`.
+//! coordinator makes (and the notification channel it listens to). Everything above this
+//! module speaks in these types; the coordinator and `herald status` write no SQL against
+//! schema `herald` anywhere else. (`herald demo` plays the application: its workload writes
+//! the SQL an application would.)
+use std::fmt;
+
 use tokio_postgres::{Client, Statement};
 
 /// Errors of the boundary: the database failed, or answered something this version does
@@ -9,9 +13,10 @@ use tokio_postgres::{Client, Statement};
 pub enum ApiError {
     #[error(transparent)]
     Database(#[from] tokio_postgres::Error),
-    #[error("herald.{function} returned {value:?}, which this coordinator does not understand; are the extension and the coordinator of the same release?")]
+    #[error("herald.{call} returned {value:?}, which this coordinator does not understand; are the extension and the coordinator of the same release?")]
     Unexpected {
-        function: &'static str,
+        /// The function or view, without the schema: `drain`, `queue_status`.
+        call: &'static str,
         value: String,
     },
 }
@@ -25,6 +30,14 @@ pub async fn extension_installed(client: &Client) -> Result<bool, ApiError> {
         )
         .await?
         .get(0))
+}
+
+/// `LISTEN herald_queues`: the extension notifies this channel (payload: the queue's name)
+/// when a queue is created, changed or deleted. The notifications arrive on the receiver
+/// that `db::connect_listening` returned with `client`.
+pub async fn listen_for_queue_changes(client: &Client) -> Result<(), ApiError> {
+    client.batch_execute("LISTEN herald_queues").await?;
+    Ok(())
 }
 
 /// The queues with `event_run = 1`, by name.
@@ -57,7 +70,7 @@ pub async fn release_queue(client: &Client, queue: &str) -> Result<bool, ApiErro
         .get(0))
 }
 
-/// A queue's state after a lookup.
+/// A queue's state, as `herald.drain` and `herald.queue_status` report it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QueueState {
     Running,
@@ -68,16 +81,33 @@ pub enum QueueState {
 }
 
 impl QueueState {
-    fn parse(value: &str) -> Result<QueueState, ApiError> {
+    /// The extension's name for the state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueState::Running => "running",
+            QueueState::Stopped => "stopped",
+            QueueState::Held => "held",
+        }
+    }
+
+    /// Parse the state `call` returned; an unknown name is an error, not a guess.
+    fn parse(call: &'static str, value: &str) -> Result<QueueState, ApiError> {
         match value {
             "running" => Ok(QueueState::Running),
             "stopped" => Ok(QueueState::Stopped),
             "held" => Ok(QueueState::Held),
             other => Err(ApiError::Unexpected {
-                function: "drain",
+                call,
                 value: other.to_string(),
             }),
         }
+    }
+}
+
+/// The extension's name; honours width and alignment (`{:<8}`), for `herald status`.
+impl fmt::Display for QueueState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
     }
 }
 
@@ -116,7 +146,7 @@ impl DrainerCalls {
     ) -> Result<Lookup, ApiError> {
         let row = client.query_one(&self.drain, &[&queue, &node]).await?;
         Ok(Lookup {
-            state: QueueState::parse(row.get(0))?,
+            state: QueueState::parse("drain", row.get(0))?,
             handled: row.get(1),
             failed: row.get(2),
             more: row.get(3),
@@ -142,7 +172,7 @@ impl DrainerCalls {
 #[derive(Clone, Debug)]
 pub struct QueueStatus {
     pub name: String,
-    pub state: String,
+    pub state: QueueState,
     pub backlog: i64,
     /// The connection (application_name) holding the drainer lock, if any.
     pub drainer: Option<String>,
@@ -165,21 +195,22 @@ pub async fn queue_status(client: &Client) -> Result<Vec<QueueStatus>, ApiError>
             &[],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| QueueStatus {
-            name: r.get(0),
-            state: r.get(1),
-            backlog: r.get(2),
-            drainer: r.get(3),
-            drained_by: r.get(4),
-            handled: r.get(5),
-            failed: r.get(6),
-            skipped: r.get(7),
-            held_event: r.get(8),
-            last_error: r.get(9),
+    rows.iter()
+        .map(|r| {
+            Ok(QueueStatus {
+                name: r.get(0),
+                state: QueueState::parse("queue_status", r.get(1))?,
+                backlog: r.get(2),
+                drainer: r.get(3),
+                drained_by: r.get(4),
+                handled: r.get(5),
+                failed: r.get(6),
+                skipped: r.get(7),
+                held_event: r.get(8),
+                last_error: r.get(9),
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// A coordinator node seen in `pg_stat_activity` (its connections are named `herald/<node>`).
@@ -209,4 +240,26 @@ pub async fn coordinator_nodes(client: &Client) -> Result<Vec<NodeConnections>, 
             since: r.get(2),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_parse_from_and_print_as_the_extension_names_them() {
+        for state in [QueueState::Running, QueueState::Stopped, QueueState::Held] {
+            assert_eq!(QueueState::parse("drain", state.as_str()).unwrap(), state);
+        }
+        assert_eq!(format!("[{:<8}]", QueueState::Held), "[held    ]");
+    }
+
+    #[test]
+    fn an_unknown_state_is_a_clear_error() {
+        let e = QueueState::parse("drain", "paused").unwrap_err();
+        assert!(matches!(e, ApiError::Unexpected { call: "drain", .. }));
+        assert!(e
+            .to_string()
+            .starts_with("herald.drain returned \"paused\""));
+    }
 }

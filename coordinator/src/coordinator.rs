@@ -2,6 +2,7 @@
 //! on notification claims the running queues nobody drains. When the database goes away
 //! everything is dropped and claimed again once it is back.
 use std::time::Duration;
+use tracing::instrument;
 
 use crate::api::{self, ApiError};
 use crate::config::RunConfig;
@@ -52,6 +53,7 @@ impl Coordinator {
 
     /// Run until shutdown. Fails only on bad configuration found at the first connection;
     /// every other failure is retried with back-off.
+    #[instrument(name = "coordinator", skip_all, fields(node = %self.config.node))]
     pub async fn run(mut self) -> Result<(), RunError> {
         let mut first = true;
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
@@ -69,11 +71,12 @@ impl Coordinator {
                     service::pause(backoff.next_delay(), &self.shutdown).await;
                 }
             }
-            // After the first successful contact, a missing extension is treated like an outage.
+            // After the first attempt (whether it connected or not), a missing extension is
+            // treated like an outage and every failure is logged as a lost database.
             first = false;
         }
         self.claims.stop().await;
-        tracing::info!(node = %self.config.node, "stopped");
+        tracing::info!("stopped");
         Ok(())
     }
 
@@ -84,11 +87,11 @@ impl Coordinator {
         if !api::extension_installed(&control).await? {
             return Err(RunError::NotInstalled);
         }
-        control.batch_execute("LISTEN herald_queues").await?;
+        api::listen_for_queue_changes(&control).await?;
         if first {
-            tracing::info!(node = %self.config.node, "coordinator started");
+            tracing::info!("coordinator started");
         } else {
-            tracing::info!(node = %self.config.node, "reconnected");
+            tracing::info!("reconnected");
         }
         let mut tick = tokio::time::interval(SCAN_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

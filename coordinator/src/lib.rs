@@ -7,16 +7,21 @@
 //! Layers, bottom to top (a module uses only those below it; areas never use each other;
 //! `tests/tests/layers.rs` checks this):
 //! 1. [`shutdown`] (the shared stop signal), [`config`] (command line and environment)
-//! 2. [`service`] (back-off and pauses every task shares), [`db`] (connections, named
-//!    `herald/<node>`), [`cluster`] (a private PostgreSQL cluster from the installed server
-//!    binaries)
+//! 2. [`service`] (back-off and the interruptible waits every task shares), [`db`]
+//!    (connections, named `herald/<node>`), [`cluster`] (a private PostgreSQL cluster from
+//!    the installed server binaries)
 //! 3. [`api`]: the typed boundary to the extension, one function per `herald.*` call
-//! 4. areas: [`queues`] (claiming queues, draining them); later `jobs/` (job runners and
-//!    the job manager), `reports/` with `reports/channels/` (generation and output),
-//!    `maintenance/` (tasks on an elected node) and `web/` (the dashboard)
+//! 4. areas, each a folder of tasks built on `api`, `db`, `service` and `shutdown` only:
+//!    [`queues`] (claiming queues, draining them). Later, when there is code for them:
+//!    `jobs/` (job runners and the job manager), `reports/` with `reports/channels/`
+//!    (generation, and one module per output channel), `maintenance/` (tasks on an
+//!    elected node) and `web/` (the dashboard). What two areas share moves down a layer.
 //! 5. [`coordinator`] (wires the areas to one control connection), [`status`]
 //!    (`herald status`)
 //! 6. [`demo`] (`herald demo`)
+//!
+//! `main.rs` only parses the command line, builds the runtime and starts a
+//! [`coordinator::Coordinator`] (or `status`, or `demo`).
 pub mod api;
 pub mod cluster;
 pub mod config;

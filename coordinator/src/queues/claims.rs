@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Config};
+use tracing::Instrument;
 
 use super::drainer;
 use crate::api::{self, ApiError};
@@ -61,11 +62,15 @@ impl Claims {
                 continue;
             }
             let (q, node, shutdown) = (queue.clone(), self.node.clone(), self.shutdown.clone());
-            let handle = tokio::spawn(async move {
-                if let Err(e) = drainer::run(spare, q.clone(), node, shutdown).await {
-                    tracing::warn!(queue = %q, "drainer ended: {e}");
+            // The drainer's span nests in the caller's (the coordinator's, with the node).
+            let handle = tokio::spawn(
+                async move {
+                    if let Err(e) = drainer::run(spare, q.clone(), node, shutdown).await {
+                        tracing::warn!(queue = %q, "drainer ended: {e}");
+                    }
                 }
-            });
+                .in_current_span(),
+            );
             self.drainers.insert(queue, handle);
         }
         Ok(())

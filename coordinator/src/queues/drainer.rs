@@ -8,6 +8,7 @@ use tokio_postgres::Client;
 use tracing::instrument;
 
 use crate::api::{self, ApiError, DrainerCalls, QueueState};
+use crate::service;
 use crate::shutdown::Shutdown;
 
 /// How long one server-side wait lasts before the drainer looks around again.
@@ -57,9 +58,12 @@ pub async fn run(
         if lookup.more {
             continue;
         }
-        tokio::select! {
-            r = calls.await_events(&client, &queue, WAIT_MS) => { r?; }
-            _ = shutdown.stopped() => return Ok(Exit::Shutdown),
+        let wait = calls.await_events(&client, &queue, WAIT_MS);
+        match service::unless_stopped(wait, &mut shutdown).await {
+            Some(woken) => {
+                woken?;
+            }
+            None => return Ok(Exit::Shutdown),
         }
     }
 }
