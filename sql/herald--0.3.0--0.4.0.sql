@@ -1,7 +1,8 @@
 -- Herald 0.3.0 -> 0.4.0: the layout release. The advisory-lock key spaces are defined once,
 -- in Rust, and SQL asks herald._lock_space() for them instead of repeating the number.
 -- Listeners edited by hand are checked like registered ones (herald._listener_check), and
--- a queue's id (the key of its drainer lock) can no longer be changed.
+-- a queue's id (the key of its drainer lock) can no longer be changed. The privilege
+-- model of docs/privileges.md: events withheld from a listener are logged as such.
 -- tests/tests/upgrade.rs checks that an upgraded database matches a fresh install.
 
 -- complain if the script is sourced in psql rather than via ALTER EXTENSION
@@ -142,3 +143,12 @@ BEGIN
     RETURN NEW;
 END
 $$;
+
+-- Events withheld from a listener whose owner may no longer read them are logged as such.
+ALTER TABLE herald.event_log DROP CONSTRAINT event_log_outcome;
+ALTER TABLE herald.event_log ADD CONSTRAINT event_log_outcome
+    CHECK (outcome IN ('handled', 'failed', 'held', 'retried', 'skipped', 'withheld'));
+COMMENT ON TABLE herald.event_log IS
+    'What happened to events: failures (event_log_level >= 1), every handled event (>= 2), '
+    'with details (3); operator retries and skips, and events withheld from a listener whose '
+    'owner may not read them, are always recorded.';

@@ -35,7 +35,7 @@ CREATE TABLE herald.event_log (
     type      text,
     action    text,
     outcome   text NOT NULL CONSTRAINT event_log_outcome
-        CHECK (outcome IN ('handled', 'failed', 'held', 'retried', 'skipped')),
+        CHECK (outcome IN ('handled', 'failed', 'held', 'retried', 'skipped', 'withheld')),
     error     text,
     details   jsonb,
     node      text
@@ -43,4 +43,5 @@ CREATE TABLE herald.event_log (
 CREATE INDEX event_log_queue_idx ON herald.event_log (queue, event_id);
 COMMENT ON TABLE herald.event_log IS
     'What happened to events: failures (event_log_level >= 1), every handled event (>= 2), '
-    'with details (3); operator retries and skips are always recorded.';
+    'with details (3); operator retries and skips, and events withheld from a listener whose '
+    'owner may not read them, are always recorded.';

@@ -24,6 +24,8 @@ pub struct Oids {
     pub listener_rel: pg_sys::Oid,
     pub event_rel: pg_sys::Oid,
     pub session_event_rel: pg_sys::Oid,
+    /// Schema `herald`.
+    pub schema: pg_sys::Oid,
 }
 
 impl Oids {
@@ -45,14 +47,15 @@ pub fn oids() -> Oids {
                     'herald.event'::pg_catalog.regtype::pg_catalog.oid,
                     'herald.listener'::pg_catalog.regclass::pg_catalog.oid,
                     'herald.event'::pg_catalog.regclass::pg_catalog.oid,
-                    'herald.session_event'::pg_catalog.regclass::pg_catalog.oid
+                    'herald.session_event'::pg_catalog.regclass::pg_catalog.oid,
+                    e.extnamespace
                FROM pg_catalog.pg_extension e
               WHERE e.extname OPERATOR(pg_catalog.=) 'herald'",
             Some(1),
             &[],
         )?;
         if table.is_empty() {
-            return Ok((None, None, None, None, None, None));
+            return Ok((None, None, None, None, None, None, None));
         }
         let row = table.first();
         Ok::<_, pgrx::spi::SpiError>((
@@ -62,6 +65,7 @@ pub fn oids() -> Oids {
             row.get::<pg_sys::Oid>(4)?,
             row.get::<pg_sys::Oid>(5)?,
             row.get::<pg_sys::Oid>(6)?,
+            row.get::<pg_sys::Oid>(7)?,
         ))
     }));
     let oids = match row {
@@ -72,6 +76,7 @@ pub fn oids() -> Oids {
             Some(listener_rel),
             Some(event_rel),
             Some(session_event_rel),
+            Some(schema),
         ) => Oids {
             owner,
             event_seq,
@@ -79,6 +84,7 @@ pub fn oids() -> Oids {
             listener_rel,
             event_rel,
             session_event_rel,
+            schema,
         },
         _ => errors::raise(
             pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -125,6 +131,38 @@ pub fn as_user<R>(user: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     let result = f();
     // SAFETY: restores what was saved above.
     unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
+    result
+}
+
+/// Run user code (a handler) as `user` in a security-restricted operation, the way
+/// PostgreSQL runs index expressions and `VACUUM`'s functions: no `SET ROLE`, no
+/// `SET SESSION AUTHORIZATION`, no temporary tables, cursors or prepared statements that
+/// would outlive the call, and every setting it changes is put back when it returns.
+///
+/// If `f` raises an error the (sub)transaction abort restores the user, the security
+/// context and the settings.
+pub fn as_restricted<R>(user: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    let mut saved_user = pg_sys::InvalidOid;
+    let mut saved_context = 0;
+    // SAFETY: plain reads and writes of the backend's user id and security context, and a
+    // new GUC nesting level that the matching AtEOXact_GUC below (or an abort) pops.
+    let nest_level = unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
+        pg_sys::SetUserIdAndSecContext(
+            user,
+            saved_context
+                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+        );
+        pg_sys::NewGUCNestLevel()
+    };
+    let result = f();
+    // SAFETY: `false` reverts every setting made at `nest_level` or above (as VACUUM does
+    // after running index functions); then the saved user and context come back.
+    unsafe {
+        pg_sys::AtEOXact_GUC(false, nest_level);
+        pg_sys::SetUserIdAndSecContext(saved_user, saved_context);
+    }
     result
 }
 

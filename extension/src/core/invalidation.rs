@@ -1,8 +1,11 @@
-//! One relcache callback per backend, and the caches that hook into it.
+//! One relcache callback per backend (plus syscache callbacks for privileges kept outside
+//! relations), and the caches that hook into them.
 //!
-//! PostgreSQL calls the callback when a relation's definition, privileges or policies change
-//! (at the end of the changing transaction in other backends, at once in the changing one)
-//! and with relid 0 when the whole relcache is reset. The callback decides the scope once:
+//! PostgreSQL calls the relcache callback when a relation's definition, privileges or
+//! policies change (at the end of the changing transaction in other backends, at once in
+//! the changing one) and with relid 0 when the whole relcache is reset. The syscache
+//! callbacks fire when a function (its `EXECUTE` grants), a schema (`USAGE`), a role
+//! (superuser, `BYPASSRLS`) or a role membership changes. The callback decides the scope once:
 //! if the extension's own storage changed shape (or the extension went away), every cache
 //! forgets everything; otherwise each hook is told which relation changed and decides for
 //! itself. Hooks run inside the callback: they must not raise, query or allocate in
@@ -19,6 +22,9 @@ pub enum Scope {
     All,
     /// One other relation changed (columns, keys, privileges, policies...).
     Relation(pg_sys::Oid),
+    /// A function, schema, role or role membership changed: whatever was derived from
+    /// privileges other than a table's own is stale.
+    Privileges,
 }
 
 /// A cache's reaction to an invalidation. Must never raise.
@@ -36,6 +42,17 @@ pub fn register(hook: Hook) {
         // SAFETY: registers a callback for the life of the backend; the callback is a
         // `#[pg_guard]`ed function that never raises.
         unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(on_relcache), pg_sys::Datum::from(0)) };
+        use pg_sys::SysCacheIdentifier::{AUTHMEMROLEMEM, AUTHOID, NAMESPACEOID, PROCOID};
+        for cache in [PROCOID, NAMESPACEOID, AUTHOID, AUTHMEMROLEMEM] {
+            // SAFETY: as above, for the catalogs that hold privileges kept outside tables.
+            unsafe {
+                pg_sys::CacheRegisterSyscacheCallback(
+                    cache as i32,
+                    Some(on_syscache),
+                    pg_sys::Datum::from(0),
+                )
+            };
+        }
     }
     HOOKS.with(|h| h.borrow_mut().push(hook));
 }
@@ -52,6 +69,15 @@ extern "C-unwind" fn on_relcache(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     if scope == Scope::All {
         catalog::forget();
     }
+    run_hooks(scope);
+}
+
+#[pg_guard]
+extern "C-unwind" fn on_syscache(_arg: pg_sys::Datum, _cache: i32, _hash: u32) {
+    run_hooks(Scope::Privileges);
+}
+
+fn run_hooks(scope: Scope) {
     // `try_borrow`: a hook registered while another runs (never done) must not panic here.
     HOOKS.with(|h| {
         if let Ok(hooks) = h.try_borrow() {

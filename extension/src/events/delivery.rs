@@ -8,12 +8,17 @@ use crate::core::catalog;
 use crate::core::errors;
 use crate::core::ffi;
 use crate::core::wakeup;
-use crate::handlers;
+use crate::handlers::{self, HandlerError};
 use crate::model::event::EventRow;
-use crate::model::listener::{Delivery, Listener, QueueRef};
+use crate::model::listener::{Delivery, Denial, Listener, QueueRef};
 
-/// Deliver one event to one listener.
+/// Deliver one event to one listener, unless its owner may not have it now (see
+/// [`Listener::denied`]): then the event is withheld from it, with a WARNING to the
+/// producer and a `failed` line in the event log.
 pub fn deliver(event: &EventRow, l: &Listener) {
+    if let Some(denial) = &l.denied {
+        return withhold(event, l, denial);
+    }
     match &l.delivery {
         Delivery::Queue(queue) => enqueue(event, l.id, queue),
         Delivery::Sync => deliver_sync(event, l),
@@ -47,7 +52,7 @@ fn enqueue(event: &EventRow, listener: i64, queue: &QueueRef) {
 fn deliver_sync(event: &EventRow, l: &Listener) {
     let row = event.for_listener(None, l.id);
     let datum = handlers::event_datum_of(&row);
-    if let Err(e) = handlers::call_in_subtransaction(l.handler, datum, None) {
+    if let Err(e) = handlers::call_in_subtransaction(l.handler, datum, l.owner) {
         errors::warning(
             format!(
                 "herald: handler of listener {} failed on event {}: {}",
@@ -59,11 +64,28 @@ fn deliver_sync(event: &EventRow, l: &Listener) {
     }
 }
 
+fn withhold(event: &EventRow, l: &Listener, denial: &Denial) {
+    errors::warning(
+        format!(
+            "herald: event {} withheld from listener {}: {}",
+            event.id, l.id, denial.message
+        ),
+        None,
+    );
+    let queue = l.delivery.queue().map(|q| q.name.as_str());
+    let error = HandlerError::denied(denial).text();
+    log(queue, event, l, "withheld", &error);
+}
+
 fn log_sync_failure(event: &EventRow, l: &Listener, error: &str) {
+    log(None, event, l, "failed", error)
+}
+
+fn log(queue: Option<&str>, event: &EventRow, l: &Listener, outcome: &str, error: &str) {
     catalog::as_owner(|| {
         errors::spi(Spi::run_with_args(
             "INSERT INTO herald.event_log (queue, event_id, listener, handler, type, action, outcome, error)
-             VALUES (NULL, $1, $2, $3::pg_catalog.oid::pg_catalog.regprocedure::text, $4, $5, 'failed', $6)",
+             VALUES ($7, $1, $2, $3::pg_catalog.oid::pg_catalog.regprocedure::text, $4, $5, $8, $6)",
             &[
                 event.id.into(),
                 l.id.into(),
@@ -71,6 +93,8 @@ fn log_sync_failure(event: &EventRow, l: &Listener, error: &str) {
                 event.r#type.into(),
                 event.action.into(),
                 error.into(),
+                queue.into(),
+                outcome.into(),
             ],
         ))
     });

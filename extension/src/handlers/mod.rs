@@ -8,6 +8,7 @@ use crate::core::fmgr::{self, Functions};
 use crate::core::invalidation::{self, Scope};
 use crate::core::subxact::{self, Raised};
 use crate::model::event::{EventRow, EventValue, Field};
+use crate::model::listener::Denial;
 
 /// What a failing handler raised.
 #[derive(Debug, Clone)]
@@ -22,6 +23,15 @@ impl HandlerError {
         HandlerError {
             sqlstate: "XX000".into(),
             message: message.into(),
+            detail: None,
+        }
+    }
+
+    /// The listener may not be delivered to now (see [`Denial`]).
+    pub fn denied(denial: &Denial) -> Self {
+        HandlerError {
+            sqlstate: denial.sqlstate.to_string(),
+            message: denial.message.clone(),
             detail: None,
         }
     }
@@ -120,26 +130,24 @@ pub fn event_datum_of(row: &EventRow) -> pg_sys::Datum {
     }
 }
 
-/// One handler call to make: the function (None if it no longer exists), its argument,
-/// and the role to run it as.
+/// One handler call to make: the function (None if it may not be called, with the reason),
+/// its argument, and the role to run it as (the listener's owner).
 pub struct Call {
-    pub handler: Option<pg_sys::Oid>,
+    pub handler: Result<pg_sys::Oid, HandlerError>,
     pub event: pg_sys::Datum,
-    pub run_as: Option<pg_sys::Oid>,
+    pub run_as: pg_sys::Oid,
 }
 
 /// Call info per handler, kept for one batch of calls (see [`Functions`]).
 pub type Handlers = Functions;
 
-/// Call `info` with `event`, as `run_as` if given.
-fn invoke(info: *mut pg_sys::FmgrInfo, event: pg_sys::Datum, run_as: Option<pg_sys::Oid>) {
+/// Call `info` with `event` as `run_as`, in a security-restricted operation (see
+/// [`catalog::as_restricted`]): a handler runs with its owner's rights and nobody else's.
+fn invoke(info: *mut pg_sys::FmgrInfo, event: pg_sys::Datum, run_as: pg_sys::Oid) {
     // SAFETY: `info` comes from `Functions::info` for a handler, which takes one
-    // `herald.event` (checked at registration), and `event` is a `herald.event` datum.
-    let call = || unsafe { fmgr::call1(info, event) };
-    match run_as {
-        Some(user) => catalog::as_user(user, call),
-        None => call(),
-    }
+    // `herald.event` (checked at registration and by the listener table's trigger), and
+    // `event` is a `herald.event` datum.
+    catalog::as_restricted(run_as, || unsafe { fmgr::call1(info, event) })
 }
 
 /// Run `calls` in order inside one subtransaction. If all succeed their effects stay and
@@ -150,8 +158,8 @@ pub fn call_batch(handlers: &mut Handlers, calls: &[Call]) -> Result<(), usize> 
     let result = subxact::run(|| {
         for (k, call) in calls.iter().enumerate() {
             reached = k;
-            let Some(oid) = call.handler else {
-                pgrx::error!("handler missing");
+            let Ok(oid) = call.handler else {
+                pgrx::error!("handler may not be called");
             };
             invoke(handlers.info(oid), call.event, call.run_as);
             // SAFETY: makes the call's effects visible to the next call, as between
@@ -165,11 +173,7 @@ pub fn call_batch(handlers: &mut Handlers, calls: &[Call]) -> Result<(), usize> 
 /// Call one handler in its own subtransaction. On error its effects are rolled back and
 /// the error is returned; the caller's transaction goes on.
 pub fn call_one(handlers: &mut Handlers, call: &Call) -> Result<(), HandlerError> {
-    let Some(oid) = call.handler else {
-        return Err(HandlerError::new(
-            "the listener or its handler function no longer exists",
-        ));
-    };
+    let oid = call.handler.clone()?;
     let info = handlers.info(oid);
     let result = subxact::run(|| invoke(info, call.event, call.run_as));
     // SAFETY: as in `call_batch`.
@@ -177,16 +181,17 @@ pub fn call_one(handlers: &mut Handlers, call: &Call) -> Result<(), HandlerError
     result.map_err(HandlerError::from)
 }
 
-/// Call `handler(event)` in a subtransaction with fresh call info (synchronous delivery).
+/// Call `handler(event)` as `run_as` in a subtransaction with fresh call info (synchronous
+/// delivery).
 pub fn call_in_subtransaction(
     handler: pg_sys::Oid,
     event: pg_sys::Datum,
-    run_as: Option<pg_sys::Oid>,
+    run_as: pg_sys::Oid,
 ) -> Result<(), HandlerError> {
     call_one(
         &mut Handlers::default(),
         &Call {
-            handler: Some(handler),
+            handler: Ok(handler),
             event,
             run_as,
         },
@@ -197,5 +202,5 @@ pub fn call_in_subtransaction(
 /// caller and rolls back whatever the caller's transaction did (session delivery).
 pub fn call_direct(handler: pg_sys::Oid, event: pg_sys::Datum, run_as: pg_sys::Oid) {
     let info = Handlers::default().info(handler);
-    invoke(info, event, Some(run_as));
+    invoke(info, event, run_as);
 }

@@ -2,8 +2,13 @@
 //!
 //! It is what keeps `herald.emit` and the capture trigger cheap: the listener table is read
 //! once per backend and again only after a relcache invalidation of `herald.listener` (its
-//! statement trigger sends one on every change) or of a captured table (columns, keys or
-//! privileges changed).
+//! statement trigger sends one on every change) or of a captured table (columns, keys,
+//! privileges, row-level security or policies changed), or after a function, schema, role
+//! or role membership changed.
+//!
+//! The cache also holds each listener's owner's privileges as they are now ([`Denial`]):
+//! checked when the set is loaded, and so again from the first statement after any change
+//! that could alter them.
 use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -13,7 +18,7 @@ use crate::core::catalog;
 use crate::core::errors;
 use crate::core::invalidation::{self, Scope};
 use crate::model::data::{Cols, DataSpec};
-use crate::model::listener::{DataSource, Delivery, Listener, QueueRef, Source};
+use crate::model::listener::{DataSource, Delivery, Denial, Listener, QueueRef, Source};
 use crate::model::session::Session;
 
 /// All listeners by id, user-event listeners by event type, data listeners by table.
@@ -84,7 +89,7 @@ thread_local! {
 /// raises: it runs inside the relcache callback.
 pub fn concerns_listeners(scope: Scope) -> bool {
     match scope {
-        Scope::All => true,
+        Scope::All | Scope::Privileges => true,
         Scope::Relation(relid) => {
             catalog::cached().is_none_or(|oids| oids.listener_rel == relid)
                 || CAPTURED.with(|c| c.try_borrow().map(|c| c.contains(&relid)).unwrap_or(true))
@@ -151,16 +156,49 @@ fn load() -> ListenerSet {
                     }),
                     (false, None, None) => continue, // malformed by hand: nowhere to deliver
                 };
+                let id = row.get::<i64>(1)?.unwrap_or_default();
+                let denied = match row.get::<String>(15)? {
+                    Some(reason) => Some(denial(&reason)),
+                    None => hidden_key(id, &source),
+                };
                 set.add(Listener {
-                    id: row.get::<i64>(1)?.unwrap_or_default(),
+                    id,
                     handler: row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
                     owner: row.get::<pg_sys::Oid>(7)?.unwrap_or(pg_sys::InvalidOid),
                     source,
                     delivery,
+                    denied,
                 });
             }
             CAPTURED.with(|c| *c.borrow_mut() = set.by_table.keys().copied().collect());
             Ok::<_, pgrx::spi::SpiError>(set)
         }))
+    })
+}
+
+/// A denial as `load.sql` writes it: a SQLSTATE, a space, the reason.
+fn denial(reason: &str) -> Denial {
+    let (code, message) = reason.split_at(reason.find(' ').unwrap_or(0));
+    Denial {
+        sqlstate: match code {
+            "42704" => "42704",
+            "42883" => "42883",
+            _ => "42501",
+        },
+        message: message.trim_start().to_string(),
+    }
+}
+
+/// Key-level events show the primary key: all of it must be readable by the owner.
+fn hidden_key(id: i64, source: &Source) -> Option<Denial> {
+    let Source::DataChanges(data) = source else {
+        return None;
+    };
+    (data.spec.needs_key() && data.key.intersects(&data.hidden)).then(|| Denial {
+        sqlstate: "42501",
+        message: format!(
+            "permission denied for a primary key column of the table of listener {id}: \
+             key-level (1) events need every key column to be readable by its owner"
+        ),
     })
 }

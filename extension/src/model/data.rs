@@ -158,6 +158,9 @@ impl Cols {
     pub fn is_empty(&self) -> bool {
         self.0.iter().all(|w| *w == 0)
     }
+    pub fn intersects(&self, other: &Cols) -> bool {
+        self.0.iter().zip(other.0.iter()).any(|(a, b)| a & b != 0)
+    }
     pub fn minus(&self, other: &Cols) -> Cols {
         let mut out = self.clone();
         for (i, w) in out.0.iter_mut().enumerate() {

@@ -19,6 +19,30 @@ pub struct Listener {
     pub owner: pg_sys::Oid,
     pub source: Source,
     pub delivery: Delivery,
+    /// Why this listener may not be delivered to now, if it may not: its owner lost a
+    /// privilege its events need, or its owner or handler no longer exists.
+    pub denied: Option<Denial>,
+}
+
+/// A listener's events are withheld: they would show its owner what the owner may not
+/// read, or run code the owner may not run. Delivery fails visibly with this error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// `42501` (insufficient privilege) or `42704` (undefined object).
+    pub sqlstate: &'static str,
+    pub message: String,
+}
+
+impl Denial {
+    /// The error code to raise.
+    pub fn code(&self) -> pgrx::PgSqlErrorCode {
+        use pgrx::PgSqlErrorCode as Code;
+        match self.sqlstate {
+            "42704" => Code::ERRCODE_UNDEFINED_OBJECT,
+            "42883" => Code::ERRCODE_UNDEFINED_FUNCTION,
+            _ => Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        }
+    }
 }
 
 /// What a listener listens to.

@@ -34,8 +34,11 @@ struct QueueSettings {
 struct Pending {
     ctid: pg_sys::ItemPointerData,
     event: EventValue,
-    handler: Option<pg_sys::Oid>,
-    owner: Option<pg_sys::Oid>,
+    /// The handler, or why it may not be called (see `Listener::denied`).
+    handler: Result<pg_sys::Oid, HandlerError>,
+    /// The handler named in the log (None when the listener is gone).
+    handler_oid: Option<pg_sys::Oid>,
+    owner: pg_sys::Oid,
 }
 
 enum Outcome {
@@ -293,7 +296,7 @@ fn run_handlers(pending: &[Pending], hold_on_error: bool) -> Vec<Outcome> {
     let calls: Vec<handlers::Call> = pending
         .iter()
         .map(|p| handlers::Call {
-            handler: p.handler,
+            handler: p.handler.clone(),
             event: handlers::event_datum(&p.event),
             run_as: p.owner,
         })
@@ -355,17 +358,13 @@ fn fetch(
         .map(|r| {
             let listener_id = rows.get::<i64>(r, 8).unwrap_or_default();
             let listener = listeners.get(listener_id);
-            // A handler dropped after registration shows up as a failure, not a crash.
-            // SAFETY: a syscache probe by oid; it never raises.
-            let handler = listener.as_ref().map(|l| l.handler).filter(|oid| unsafe {
-                pg_sys::SearchSysCacheExists(
-                    pg_sys::SysCacheIdentifier::PROCOID as i32,
-                    pg_sys::Datum::from(*oid),
-                    pg_sys::Datum::from(0),
-                    pg_sys::Datum::from(0),
-                    pg_sys::Datum::from(0),
-                )
-            });
+            let handler = match &listener {
+                None => Err(HandlerError::new("the listener no longer exists")),
+                Some(l) => match &l.denied {
+                    Some(denial) => Err(HandlerError::denied(denial)),
+                    None => Ok(l.handler),
+                },
+            };
             let ctid = rows
                 .get::<pg_sys::Datum>(r, 1)
                 // SAFETY: a `tid` datum points to an ItemPointerData.
@@ -390,7 +389,8 @@ fn fetch(
                     listener: listener_id,
                 },
                 handler,
-                owner: listener.map(|l| l.owner),
+                handler_oid: listener.as_ref().map(|l| l.handler),
+                owner: listener.map_or(pg_sys::InvalidOid, |l| l.owner),
             }
         })
         .collect()
@@ -459,7 +459,7 @@ fn log(
             queue.into_datum(),
             p.event.id.into_datum(),
             p.event.listener.into_datum(),
-            p.handler.into_datum(),
+            p.handler_oid.into_datum(),
             p.event.r#type.as_str().into_datum(),
             p.event.action.as_str().into_datum(),
             outcome.into_datum(),

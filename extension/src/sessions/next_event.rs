@@ -8,6 +8,7 @@ use crate::core::datum::JsonbDatum;
 use crate::core::errors::{self, raise};
 use crate::core::plans;
 use crate::handlers;
+use crate::listeners::cache;
 use crate::model::event::EventValue;
 use crate::model::session::Session;
 
@@ -77,6 +78,23 @@ fn owned_listener(listener: i64) -> Owned {
                 pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
             ),
             Some("Only the session that registered a session listener can read its events.".into()),
+        );
+    }
+    if let Some(denial) = cache::current()
+        .get(listener)
+        .and_then(|l| l.denied.clone())
+    {
+        raise(
+            denial.code(),
+            format!(
+                "events of listener {listener} are withheld: {}",
+                denial.message
+            ),
+            Some(
+                "The listener's owner needs the privileges its events need (see \
+                 docs/privileges.md), or remove the listener."
+                    .into(),
+            ),
         );
     }
     Owned {

@@ -3,5 +3,6 @@
 pub mod helpers;
 
 mod capture;
+mod privileges;
 mod queues;
 mod sessions;

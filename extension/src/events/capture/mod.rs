@@ -11,6 +11,7 @@ use pgrx::PgSqlErrorCode as Code;
 
 use self::row::RowChange;
 use super::delivery;
+use crate::core::catalog;
 use crate::core::errors::{self, raise};
 use crate::listeners::{self, cache, NewSource};
 use crate::model::data::{Action, DataSpec};
@@ -50,54 +51,97 @@ fn add_data_listener(
     let handler = errors::required(handler, "handler");
     let events = errors::required(events, "events");
     let sync = errors::required(sync, "sync");
-    let (kind, readable, has_key, name) = errors::spi(Spi::connect(|client| {
-        let rows = client.select(
-            "SELECT c.relkind::text, pg_catalog.has_table_privilege(c.oid, 'SELECT'),
-                    EXISTS (SELECT 1 FROM pg_catalog.pg_index i
-                             WHERE i.indrelid OPERATOR(pg_catalog.=) c.oid AND i.indisprimary),
-                    c.oid::pg_catalog.regclass::text
-               FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) $1",
-            Some(1),
-            &[tbl.into()],
-        )?;
-        if rows.is_empty() {
-            return Ok::<_, pgrx::spi::SpiError>((None, false, false, String::new()));
-        }
-        let row = rows.first();
-        Ok((
-            row.get::<String>(1)?,
-            row.get::<bool>(2)?.unwrap_or(false),
-            row.get::<bool>(3)?.unwrap_or(false),
-            row.get::<String>(4)?.unwrap_or_default(),
-        ))
-    }));
-    match kind.as_deref() {
-        Some("r") | Some("p") => {}
-        None => raise(
+    let t = table_facts(tbl);
+    let name = &t.name;
+    match t.kind.as_str() {
+        "r" | "p" => {}
+        "" => raise(
             Code::ERRCODE_UNDEFINED_TABLE,
             format!("table with oid {} does not exist", tbl.to_u32()),
             None,
         ),
-        Some(_) => raise(
+        _ => raise(
             Code::ERRCODE_WRONG_OBJECT_TYPE,
             format!("\"{name}\" is not a table"),
             Some("Data listeners capture changes of ordinary and partitioned tables.".into()),
         ),
     }
-    if !readable {
+    if t.internal {
+        raise(
+            Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("changes of {name} cannot be captured"),
+            Some(
+                "Herald's own tables and the system catalogs are never capturable; \
+                 read herald.event_log or herald.queue_status instead."
+                    .into(),
+            ),
+        );
+    }
+    if t.temporary {
+        raise(
+            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("changes of temporary table {name} cannot be captured"),
+            Some("A listener would outlive the table's session; use an ordinary table.".into()),
+        );
+    }
+    if !t.schema_usage {
+        raise(
+            Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("permission denied for schema {}", t.schema),
+            Some("A role may only listen to changes of tables it may SELECT from.".into()),
+        );
+    }
+    if !t.readable {
         raise(
             Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!("permission denied for table {name}"),
             Some("A role may only listen to changes of tables it may SELECT from.".into()),
         );
     }
+    if t.row_security {
+        raise(
+            Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!(
+                "table {name} has row-level security, which applies to {}",
+                t.role
+            ),
+            Some(
+                "Events would show rows its policies hide. Listen as a role that \
+                 bypasses row-level security (the table's owner, or a BYPASSRLS role)."
+                    .into(),
+            ),
+        );
+    }
+    if sync && !t.trigger {
+        raise(
+            Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!(
+                "permission denied for table {name}: a synchronous data listener needs TRIGGER"
+            ),
+            Some(
+                "Its handler runs inside other roles' transactions, as a trigger would: \
+                 GRANT TRIGGER ON TABLE ... to the listening role, or use a queue."
+                    .into(),
+            ),
+        );
+    }
     let handler_oid = listeners::resolve_handler(handler);
     let spec = DataSpec::parse(events);
-    if spec.needs_key() && !has_key {
+    if spec.needs_key() && !t.has_key {
         raise(
             Code::ERRCODE_INVALID_TABLE_DEFINITION,
             format!("table {name} has no primary key, which level 1 (key only) needs"),
             Some("Add a primary key, or ask for levels 2 (changes) or 3 (full rows).".into()),
+        );
+    }
+    if spec.needs_key() && !t.key_readable {
+        raise(
+            Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("permission denied for a primary key column of table {name}"),
+            Some(
+                "Level 1 (key only) events show the whole primary key; ask for level 2 or 3."
+                    .into(),
+            ),
         );
     }
     let delivery = sessions::delivery(queue, sync);
@@ -106,6 +150,68 @@ fn add_data_listener(
         NewSource::DataChanges { table: tbl, spec },
         &delivery,
     )
+}
+
+/// What registering a data listener needs to know about its table, as the current user.
+struct TableFacts {
+    /// `relkind`, or empty when there is no such relation.
+    kind: String,
+    name: String,
+    schema: String,
+    role: String,
+    /// In schema `herald`, a member of the extension, or a system catalog.
+    internal: bool,
+    temporary: bool,
+    schema_usage: bool,
+    readable: bool,
+    trigger: bool,
+    has_key: bool,
+    key_readable: bool,
+    /// Row-level security applies to the current user on this table.
+    row_security: bool,
+}
+
+fn table_facts(tbl: pg_sys::Oid) -> TableFacts {
+    let schema = catalog::oids().schema;
+    errors::spi(Spi::connect(|client| {
+        let rows = client.select(
+            include_str!("table_facts.sql"),
+            Some(1),
+            &[tbl.into(), schema.into()],
+        )?;
+        let mut t = TableFacts {
+            kind: String::new(),
+            name: String::new(),
+            schema: String::new(),
+            role: String::new(),
+            internal: false,
+            temporary: false,
+            schema_usage: false,
+            readable: false,
+            trigger: false,
+            has_key: false,
+            key_readable: false,
+            row_security: false,
+        };
+        if rows.is_empty() {
+            return Ok::<_, pgrx::spi::SpiError>(t);
+        }
+        let row = rows.first();
+        let flag = |i: usize| row.get::<bool>(i).map(|b| b.unwrap_or(false));
+        t.kind = row.get::<String>(1)?.unwrap_or_default();
+        t.name = row.get::<String>(2)?.unwrap_or_default();
+        t.schema = row.get::<String>(3)?.unwrap_or_default();
+        t.role = row.get::<String>(4)?.unwrap_or_default();
+        t.internal = flag(5)?;
+        t.temporary = flag(6)?;
+        t.schema_usage = flag(7)?;
+        t.readable = flag(8)?;
+        t.trigger = flag(9)?;
+        t.has_key = flag(10)?;
+        t.key_readable = flag(11)?;
+        t.row_security = flag(12)?;
+        Ok(t)
+    }))
 }
 
 #[unsafe(no_mangle)]
@@ -159,7 +265,16 @@ pub unsafe extern "C-unwind" fn herald_capture(fcinfo: pg_sys::FunctionCallInfo)
     }
     let rel = data.tg_relation;
     // SAFETY: the trigger's relation is open for the whole call.
-    let relid = unsafe { (*rel).rd_id };
+    let (relid, namespace) = unsafe { ((*rel).rd_id, (*(*rel).rd_rel).relnamespace) };
+    if namespace == catalog::oids().schema {
+        // Herald writes its own tables as the extension owner: capturing them would hand
+        // its bookkeeping to listeners (and capturing herald.event would never end).
+        raise(
+            Code::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+            "herald._capture() must not be fired by Herald's own tables",
+            Some("Drop the trigger: Herald's own tables are never capturable.".into()),
+        );
+    }
     let set = cache::current();
     let table_listeners = set.on_table(relid);
     if table_listeners.is_empty() {
