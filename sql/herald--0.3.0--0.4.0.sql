@@ -152,3 +152,68 @@ COMMENT ON TABLE herald.event_log IS
     'What happened to events: failures (event_log_level >= 1), every handled event (>= 2), '
     'with details (3); operator retries and skips, and events withheld from a listener whose '
     'owner may not read them, are always recorded.';
+
+-- Attaching a listener to a queue needs the queue's permission (listener_roles), and
+-- listening to a user event type needs its owner's grant (herald.event_type). Existing
+-- listeners keep working: each queue allows the owners of the listeners it has, and each
+-- type they listen to is declared, owned by the extension's owner (a Herald administrator)
+-- and granted to those owners. '*' listeners of roles that are not administrators have
+-- their events withheld until an administrator runs herald.grant_listen('*', role).
+ALTER TABLE herald.event_queue ADD COLUMN listener_roles regrole[] NOT NULL DEFAULT '{}';
+UPDATE herald.event_queue q
+   SET listener_roles = (SELECT array_agg(DISTINCT l.owner) FROM herald.listener l
+                          WHERE l.queue = q.name)
+ WHERE EXISTS (SELECT 1 FROM herald.listener l WHERE l.queue = q.name);
+
+CREATE TABLE herald.event_type (
+    name       text PRIMARY KEY
+        CONSTRAINT event_type_name_not_empty CHECK (pg_catalog.btrim(name) OPERATOR(pg_catalog.<>) ''),
+    owner      regrole NOT NULL,
+    granted_to regrole[] NOT NULL DEFAULT '{}',
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE herald.event_type IS
+    'User event types and the roles that may listen to them; use herald.create_event_type(), '
+    'herald.grant_listen() and herald.revoke_listen().';
+INSERT INTO herald.event_type (name, owner, granted_to)
+SELECT t.name, CURRENT_USER::regrole, array_agg(DISTINCT l.owner)
+  FROM herald.listener l, unnest(l.event_types) AS t(name)
+ WHERE l.kind = 'event' AND t.name <> '*'
+ GROUP BY t.name;
+
+CREATE FUNCTION herald._unlistenable(role oid, types text[]) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT t.name
+      FROM unnest(types) AS t(name)
+     WHERE NOT (
+           pg_has_role(role, (SELECT e.extowner FROM pg_extension e WHERE e.extname = 'herald'),
+                       'USAGE')
+        OR EXISTS (SELECT 1 FROM herald.event_type et
+                    WHERE et.name IN (t.name, '*')
+                      AND (pg_has_role(role, et.owner::oid, 'USAGE')
+                           OR EXISTS (SELECT 1 FROM unnest(et.granted_to) g
+                                       WHERE pg_has_role(role, g::oid, 'USAGE')))))
+     LIMIT 1
+$$;
+
+CREATE TRIGGER event_type_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON herald.event_type
+    FOR EACH STATEMENT EXECUTE FUNCTION herald._listener_changed();
+
+CREATE FUNCTION herald.create_event_type(name text, owner regrole DEFAULT NULL) RETURNS void
+LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'create_event_type_wrapper';
+COMMENT ON FUNCTION herald.create_event_type(text, regrole) IS
+    'Declare a user event type; its owner decides who may listen to it (herald.grant_listen).';
+CREATE FUNCTION herald.drop_event_type("name" text) RETURNS void
+LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'drop_event_type_wrapper';
+CREATE FUNCTION herald.grant_listen(event_type text, grantee regrole) RETURNS void
+LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'grant_listen_wrapper';
+COMMENT ON FUNCTION herald.grant_listen(text, regrole) IS
+    'Let a role (and its members) listen to an event type; ''*'' grants every type.';
+CREATE FUNCTION herald.revoke_listen(event_type text, grantee regrole) RETURNS void
+LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'revoke_listen_wrapper';
+COMMENT ON FUNCTION herald.revoke_listen(text, regrole) IS
+    'Take back a role''s right to listen to an event type.';
+REVOKE ALL ON FUNCTION herald._unlistenable(oid, text[]), herald.create_event_type(text, regrole),
+    herald.drop_event_type(text), herald.grant_listen(text, regrole),
+    herald.revoke_listen(text, regrole) FROM PUBLIC;

@@ -24,3 +24,35 @@ CREATE INDEX listener_queue_idx ON herald.listener (queue);
 CREATE INDEX listener_tbl_idx ON herald.listener (tbl);
 COMMENT ON TABLE herald.listener IS
     'Herald listeners; use herald.add_*_listener() and herald.remove_listener() to change them.';
+
+------------------------------------------------------------------------------------------
+-- Event types: who controls a user event type, and who may listen to it. Listening to a
+-- type needs its owner's grant (or being a Herald administrator: a role with the
+-- privileges of the extension's owner). '*' (every type) belongs to the extension's owner.
+------------------------------------------------------------------------------------------
+CREATE TABLE herald.event_type (
+    name       text PRIMARY KEY
+        CONSTRAINT event_type_name_not_empty CHECK (pg_catalog.btrim(name) OPERATOR(pg_catalog.<>) ''),
+    owner      regrole NOT NULL,
+    granted_to regrole[] NOT NULL DEFAULT '{}',
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE herald.event_type IS
+    'User event types and the roles that may listen to them; use herald.create_event_type(), '
+    'herald.grant_listen() and herald.revoke_listen().';
+
+-- The first of `types` that `role` may not listen to (NULL: it may listen to all).
+CREATE FUNCTION herald._unlistenable(role oid, types text[]) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT t.name
+      FROM unnest(types) AS t(name)
+     WHERE NOT (
+           pg_has_role(role, (SELECT e.extowner FROM pg_extension e WHERE e.extname = 'herald'),
+                       'USAGE')
+        OR EXISTS (SELECT 1 FROM herald.event_type et
+                    WHERE et.name IN (t.name, '*')
+                      AND (pg_has_role(role, et.owner::oid, 'USAGE')
+                           OR EXISTS (SELECT 1 FROM unnest(et.granted_to) g
+                                       WHERE pg_has_role(role, g::oid, 'USAGE')))))
+     LIMIT 1
+$$;

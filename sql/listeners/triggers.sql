@@ -38,6 +38,11 @@ CREATE TRIGGER listener_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON herald.listener
     FOR EACH STATEMENT EXECUTE FUNCTION herald._listener_changed();
 
+-- Grants on event types change who may receive what: every cache reloads.
+CREATE TRIGGER event_type_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON herald.event_type
+    FOR EACH STATEMENT EXECUTE FUNCTION herald._listener_changed();
+
 -- Dropping a captured table removes its data listeners (and their pending events).
 CREATE FUNCTION herald._on_drop() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$

@@ -19,7 +19,10 @@ CREATE TABLE herald.event_queue (
         CONSTRAINT event_run_is_0_or_1 CHECK (event_run IN (0, 1)),
     created_at              timestamptz NOT NULL DEFAULT pg_catalog.now(),
     -- Stable number used for the queue's drainer lock (names may be long; ids are cheap).
-    id                      integer GENERATED ALWAYS AS IDENTITY UNIQUE
+    id                      integer GENERATED ALWAYS AS IDENTITY UNIQUE,
+    -- Roles (with their members) that may attach listeners to this queue; Herald
+    -- administrators always may.
+    listener_roles          regrole[] NOT NULL DEFAULT '{}'
 );
 COMMENT ON TABLE herald.event_queue IS
     'Herald event queues: settings (event_*) are changed with UPDATE and picked up by the '

@@ -31,16 +31,20 @@ async fn non_superuser_setup_works_and_is_confined() {
 
     // operators create the queue
     let ops = connect(&as_role("herald_ops")).await;
-    ops.batch_execute("INSERT INTO herald.event_queue (name, event_run) VALUES ('app_queue', 1)")
-        .await
-        .unwrap();
+    ops.batch_execute(
+        "INSERT INTO herald.event_queue (name, event_run, listener_roles)
+         VALUES ('app_queue', 1, '{herald_app}')",
+    )
+    .await
+    .unwrap();
 
     // the application registers a handler of its own and emits
     let app = connect(&as_role("herald_app")).await;
     app.batch_execute(
         "CREATE TABLE app.seen (event_id bigint, handled_as text, source text);
          CREATE FUNCTION app.on_invoice(e herald.event) RETURNS void LANGUAGE sql AS
-           $$ INSERT INTO app.seen VALUES (e.id, current_user, e.source) $$;",
+           $$ INSERT INTO app.seen VALUES (e.id, current_user, e.source) $$;
+         SELECT herald.create_event_type('invoice');",
     )
     .await
     .unwrap();

@@ -31,6 +31,12 @@ SELECT l.id, l.handler::pg_catalog.oid, l.event_types, l.queue, q.id, l.sync,
            '42501 permission denied for function ' OPERATOR(pg_catalog.||) l.handler::text
            OPERATOR(pg_catalog.||) ': its listener''s owner ' OPERATOR(pg_catalog.||)
            pg_catalog.quote_ident(r.rolname) OPERATOR(pg_catalog.||) ' may no longer execute it'
+       WHEN u.type IS NOT NULL THEN
+           '42501 permission denied for event type ' OPERATOR(pg_catalog.||)
+           pg_catalog.quote_literal(u.type) OPERATOR(pg_catalog.||) ': the owner of listener '
+           OPERATOR(pg_catalog.||) l.id OPERATOR(pg_catalog.||) ' ('
+           OPERATOR(pg_catalog.||) pg_catalog.quote_ident(r.rolname)
+           OPERATOR(pg_catalog.||) ') may no longer listen to it'
        WHEN c.oid IS NULL THEN NULL
        WHEN NOT pg_catalog.has_schema_privilege(r.oid, c.relnamespace, 'USAGE') THEN
            '42501 permission denied for schema ' OPERATOR(pg_catalog.||)
@@ -59,6 +65,8 @@ SELECT l.id, l.handler::pg_catalog.oid, l.event_types, l.queue, q.id, l.sync,
   LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) l.owner::pg_catalog.oid
   LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) l.tbl::pg_catalog.oid
   LEFT JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+  LEFT JOIN LATERAL (SELECT herald._unlistenable(r.oid, l.event_types) AS type
+                      WHERE l.kind OPERATOR(pg_catalog.=) 'event') u ON true
  WHERE l.delivery OPERATOR(pg_catalog.<>) 'session'
     OR EXISTS (SELECT 1 FROM herald.session s
                 WHERE s.pid OPERATOR(pg_catalog.=) l.session_pid

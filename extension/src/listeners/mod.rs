@@ -13,6 +13,7 @@ use crate::model::listener::{Delivery, QueueRef, RESERVED_TYPES};
 use crate::model::session::Session;
 
 pub mod cache;
+pub mod event_types;
 pub mod triggers;
 
 /// Resolve and check a handler: a function taking exactly one `herald.event`, which the
@@ -161,15 +162,20 @@ pub fn parse_event_types(spec: &str) -> Vec<String> {
     out
 }
 
-/// The queue named `queue`, with a clear error if it does not exist.
+/// The queue named `queue`, with a clear error if it does not exist or the current user may
+/// not attach listeners to it (see `herald.event_queue.listener_roles`).
 pub fn require_queue(queue: &str) -> QueueRef {
+    let me = catalog::current_user();
     let found = catalog::as_owner(|| {
         errors::spi(Spi::connect(|client| {
             let rows = client.select(
-                "SELECT q.id, q.event_run OPERATOR(pg_catalog.=) 1 FROM herald.event_queue q
+                "SELECT q.id, q.event_run OPERATOR(pg_catalog.=) 1,
+                        EXISTS (SELECT 1 FROM pg_catalog.unnest(q.listener_roles) r
+                                 WHERE pg_catalog.pg_has_role($2, r::pg_catalog.oid, 'USAGE'))
+                   FROM herald.event_queue q
                   WHERE q.name OPERATOR(pg_catalog.=) $1",
                 Some(1),
-                &[queue.into()],
+                &[queue.into(), me.into()],
             )?;
             if rows.is_empty() {
                 return Ok::<_, pgrx::spi::SpiError>(None);
@@ -178,10 +184,25 @@ pub fn require_queue(queue: &str) -> QueueRef {
             Ok(Some((
                 row.get::<i32>(1)?.unwrap_or_default(),
                 row.get::<bool>(2)?.unwrap_or(false),
+                row.get::<bool>(3)?.unwrap_or(false),
             )))
         }))
     });
-    let Some((id, running)) = found else {
+    if let Some((_, _, false)) = found {
+        if !event_types::is_admin() {
+            raise(
+                Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!("permission denied for event queue \"{queue}\""),
+                Some(format!(
+                    "An operator may let your role attach listeners to it: UPDATE herald.event_queue \
+                     SET listener_roles = listener_roles || {}::regrole WHERE name = {};",
+                    pgrx::spi::quote_literal(catalog::role_name(me)),
+                    pgrx::spi::quote_literal(queue)
+                )),
+            );
+        }
+    }
+    let Some((id, running, _)) = found else {
         raise(
             Code::ERRCODE_UNDEFINED_OBJECT,
             format!("event queue \"{queue}\" does not exist"),

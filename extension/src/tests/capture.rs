@@ -279,6 +279,7 @@ mod tests {
             "column SELECT is not table SELECT: {err}"
         );
         run("GRANT SELECT ON t TO herald_reader");
+        run("UPDATE herald.event_queue SET listener_roles = '{herald_reader}' WHERE name = 'q'");
         run("SET ROLE herald_reader");
         let l = one::<i64>("SELECT herald.add_data_listener('t', 'rec', queue => 'q')").unwrap();
         run("RESET ROLE");

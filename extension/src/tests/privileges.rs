@@ -28,7 +28,7 @@ mod tests {
             "CREATE FUNCTION app.rec(e herald.event) RETURNS void LANGUAGE sql AS
              $$ INSERT INTO app.seen VALUES (current_user, e.details) $$",
         );
-        run("INSERT INTO herald.event_queue (name, event_run) VALUES ('q', 1)");
+        run("INSERT INTO herald.event_queue (name, event_run, listener_roles) VALUES ('q', 1, '{mallory,alice}')");
     }
 
     fn withheld() -> i64 {
@@ -265,5 +265,111 @@ mod tests {
         let error = one::<String>("SELECT last_error FROM herald.queue_status WHERE name = 'q'")
             .unwrap_or_default();
         assert!(error.contains("permission denied for function"), "{error}");
+    }
+
+    #[pg_test]
+    fn user_event_types_need_their_owners_grant() {
+        fixture();
+        run(
+            "GRANT EXECUTE ON FUNCTION herald.create_event_type(text, regrole),
+                  herald.grant_listen(text, regrole), herald.revoke_listen(text, regrole),
+                  herald.drop_event_type(text) TO mallory, alice",
+        );
+        run("SET ROLE mallory");
+        assert_error(
+            "SELECT herald.add_event_listener('app.rec', '*', queue => 'q')",
+            "only Herald administrators may listen to every type",
+        );
+        assert_error(
+            "SELECT herald.add_event_listener('app.rec', 'invoice', sync => true)",
+            "it is not declared",
+        );
+        run("RESET ROLE");
+        run("SET ROLE alice");
+        run("SELECT herald.create_event_type('invoice')");
+        let own =
+            one::<i64>("SELECT herald.add_event_listener('app.rec', 'invoice', queue => 'q')");
+        assert!(own.is_some(), "an owner listens to its own type");
+        run("RESET ROLE");
+        run("SET ROLE mallory");
+        assert_error(
+            "SELECT herald.add_event_listener('app.rec', 'invoice,order', sync => true)",
+            "Its owner (alice) may grant it",
+        );
+        assert_error(
+            "SELECT herald.grant_listen('invoice', 'mallory')",
+            "must be owner of event type",
+        );
+        assert_error(
+            "SELECT herald.grant_listen('*', 'mallory')",
+            "must be owner of event type",
+        );
+        assert_error(
+            "SELECT herald.create_event_type('invoice')",
+            "already exists (owner alice)",
+        );
+        assert_error(
+            "SELECT herald.create_event_type('mine', 'alice')",
+            "must be able to act as role alice",
+        );
+        assert_error(
+            "SELECT herald.drop_event_type('invoice')",
+            "must be owner of event type",
+        );
+        run("RESET ROLE");
+        run("SET ROLE alice");
+        run("SELECT herald.grant_listen('invoice', 'mallory')");
+        run("SELECT herald.grant_listen('invoice', 'mallory')"); // idempotent
+        run("RESET ROLE");
+        run("SET ROLE mallory");
+        let l = one::<i64>("SELECT herald.add_event_listener('app.rec', 'invoice', sync => true)")
+            .unwrap();
+        run("SELECT herald.emit('invoice', 'created', '{\"n\": 1}')");
+        run("RESET ROLE");
+        assert_eq!(
+            count("SELECT count(*) FROM app.seen WHERE ran_as = 'mallory'"),
+            1
+        );
+        // Revoked: withheld from the next statement on, and logged.
+        run("SET ROLE alice");
+        run("SELECT herald.revoke_listen('invoice', 'mallory')");
+        run("SELECT herald.emit('invoice', 'created', '{\"n\": 2}')");
+        run("RESET ROLE");
+        assert_eq!(
+            count("SELECT count(*) FROM app.seen WHERE ran_as = 'mallory'"),
+            1
+        );
+        assert_eq!(
+            count(&format!("SELECT count(*) FROM herald.event_log WHERE outcome = 'withheld' AND listener = {l} AND error LIKE '%event type ''invoice''%'")),
+            1
+        );
+        // '*' is granted by administrators only, and then works.
+        run("SELECT herald.grant_listen('*', 'mallory')");
+        run("SET ROLE mallory");
+        one::<i64>("SELECT herald.add_event_listener('app.rec', '*', sync => true)");
+        run("RESET ROLE");
+        assert_eq!(
+            one::<String>("SELECT string_agg(g::text, ',') FROM herald.event_type, unnest(granted_to) g WHERE name = '*'").unwrap(),
+            "mallory"
+        );
+    }
+
+    #[pg_test]
+    fn attaching_to_a_queue_needs_the_operators_permission() {
+        fixture();
+        run("INSERT INTO herald.event_queue (name, event_run) VALUES ('payroll', 1)");
+        run("GRANT SELECT ON app.t TO mallory");
+        run("SET ROLE mallory");
+        assert_error(
+            "SELECT herald.add_data_listener('app.t', 'app.rec', queue => 'payroll')",
+            "permission denied for event queue \"payroll\"",
+        );
+        run("RESET ROLE");
+        run("CREATE ROLE payroll_apps");
+        run("GRANT payroll_apps TO mallory");
+        run("UPDATE herald.event_queue SET listener_roles = '{payroll_apps}' WHERE name = 'payroll'");
+        run("SET ROLE mallory");
+        one::<i64>("SELECT herald.add_data_listener('app.t', 'app.rec', queue => 'payroll')");
+        run("RESET ROLE");
     }
 }
