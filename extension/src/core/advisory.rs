@@ -49,6 +49,26 @@ impl KeySpace {
         tag.locktag_lockmethodid = pg_sys::USER_LOCKMETHOD as u8;
         tag
     }
+
+    /// Does this backend hold lock `key` of this space (exclusive, at session or
+    /// transaction level), as `pg_advisory_lock(space, key)` takes it?
+    pub fn held_by_me(self, key: i32) -> bool {
+        let tag = self.tag(key);
+        // SAFETY: a lookup in this backend's own lock table with a valid tag.
+        unsafe { pg_sys::LockHeldByMe(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE) }
+    }
+
+    /// Take lock `key` of this space until the end of the transaction, without waiting, as
+    /// `pg_try_advisory_xact_lock(space, key)` does. False if another session holds it.
+    pub fn try_lock_for_transaction(self, key: i32) -> bool {
+        let tag = self.tag(key);
+        // SAFETY: a transaction-level lock with a valid tag; `dontWait` returns at once, and
+        // the lock manager releases it at the end of the transaction.
+        let result = unsafe {
+            pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, true)
+        };
+        result != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+    }
 }
 
 /// `herald._lock_space(name)`: the first key of Herald's advisory locks of one kind.

@@ -12,6 +12,7 @@ use std::cell::Cell;
 
 use super::floor::{self, Floor, NextFloor, Seen};
 use super::no_such_queue;
+use crate::core::advisory::KeySpace;
 use crate::core::catalog;
 use crate::core::datum::JsonbDatum;
 use crate::core::errors::{self, raise};
@@ -28,6 +29,8 @@ struct QueueSettings {
     running: bool,
     held: bool,
     floor: Floor,
+    /// The queue's id: the key of its drainer lock.
+    id: i32,
 }
 
 /// One pending event with its listener's handler.
@@ -124,6 +127,7 @@ fn lock_queue(client: &mut pgrx::spi::SpiClient<'_>, queue: &str) -> Option<Queu
             mark_id: rows.get::<i64>(0, 7),
             mark_ripe: rows.get::<bool>(0, 8).unwrap_or(false),
         },
+        id: rows.get::<i32>(0, 9).unwrap_or_default(),
     })
 }
 
@@ -180,11 +184,67 @@ impl Drop for Draining {
     }
 }
 
+/// One queue has one drainer at a time. A lookup runs in the session that holds the queue's
+/// drainer lock (a coordinator's, after `herald.claim_queue`), or takes the lock for its
+/// own transaction (a manual drain while no coordinator drains the queue). A session that
+/// holds the drainer lock of a queue id that is no longer this queue's (it was deleted and
+/// re-created under its name since the session claimed it) is refused, so that its
+/// coordinator lets go and claims the queue again.
+fn require_drainer_lock(client: &pgrx::spi::SpiClient<'_>, queue: &str, id: i32) {
+    let space = KeySpace::QueueDrainer;
+    if space.held_by_me(id) {
+        return;
+    }
+    // Rare: a manual drain, or a drainer whose queue changed identity: it holds a drainer
+    // lock whose queue no longer exists. pg_locks is the only way to list this session's
+    // own advisory locks.
+    let stale = plans::execute(
+        client,
+        "SELECT l.objid::int8 FROM pg_catalog.pg_locks l
+          WHERE l.locktype OPERATOR(pg_catalog.=) 'advisory' AND l.granted
+            AND l.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()
+            AND l.database OPERATOR(pg_catalog.=) (SELECT d.oid FROM pg_catalog.pg_database d
+                                                  WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())
+            AND l.classid::int8 OPERATOR(pg_catalog.=) $1 AND l.objsubid OPERATOR(pg_catalog.=) 2
+            AND NOT EXISTS (SELECT 1 FROM herald.event_queue q
+                             WHERE q.id::int8 OPERATOR(pg_catalog.=) l.objid::int8)
+          LIMIT 1",
+        &[pg_sys::INT8OID],
+        &[(space.number() as i64).into_datum()],
+    );
+    if !stale.is_empty() {
+        raise(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "this session holds the drainer lock of a deleted queue (id {}), not of queue \"{queue}\"",
+                stale.get::<i64>(0, 1).unwrap_or_default()
+            ),
+            Some(
+                "The queue was deleted and re-created since this session claimed it: \
+                 reconnect (or pg_advisory_unlock_all()) and claim it again (herald.claim_queue)."
+                    .into(),
+            ),
+        );
+    }
+    if !space.try_lock_for_transaction(id) {
+        raise(
+            Code::ERRCODE_LOCK_NOT_AVAILABLE,
+            format!("queue \"{queue}\" is drained by another session"),
+            Some(
+                "A queue has one drainer at a time; see herald.queue_status for the node that \
+                 drains it."
+                    .into(),
+            ),
+        );
+    }
+}
+
 fn lookup(queue: &str, node: Option<&str>) -> Lookup {
     Spi::connect_mut(|client| {
         let Some(settings) = lock_queue(client, queue) else {
             no_such_queue(queue)
         };
+        require_drainer_lock(client, queue, settings.id);
         if !settings.running {
             return Lookup::idle(QueueState::Stopped);
         }

@@ -372,4 +372,25 @@ mod tests {
         one::<i64>("SELECT herald.add_data_listener('app.t', 'app.rec', queue => 'payroll')");
         run("RESET ROLE");
     }
+
+    #[pg_test]
+    fn a_drainer_notices_that_its_queue_was_recreated() {
+        fixture();
+        assert_eq!(one::<bool>("SELECT herald.claim_queue('q')"), Some(true));
+        run("SELECT herald.drain('q')");
+        run("DELETE FROM herald.event_queue WHERE name = 'q'");
+        run("INSERT INTO herald.event_queue (name, event_run) VALUES ('q', 1)");
+        let err = error_of("SELECT herald.drain('q')");
+        run("SELECT pg_advisory_unlock_all()");
+        assert!(
+            err.contains("holds the drainer lock of a deleted queue"),
+            "{err}"
+        );
+        // Without any claim, a manual drain takes the lock for its transaction.
+        run("SELECT herald.drain('q')");
+        assert_eq!(
+            count("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"),
+            1
+        );
+    }
 }
