@@ -217,3 +217,60 @@ COMMENT ON FUNCTION herald.revoke_listen(text, regrole) IS
 REVOKE ALL ON FUNCTION herald._unlistenable(oid, text[]), herald.create_event_type(text, regrole),
     herald.drop_event_type(text), herald.grant_listen(text, regrole),
     herald.revoke_listen(text, regrole) FROM PUBLIC;
+
+-- A role that Herald's tables name (a listener's owner, an event type's owner or grantee,
+-- a queue's listener role) cannot be dropped, as with any object it owns or privilege it
+-- holds: each such role holds EXECUTE on herald._role_references(), and PostgreSQL records
+-- that grant in pg_shdepend. DROP ROLE then fails with "privileges for function
+-- herald._role_references()" until the role's listeners, types and queue permissions are
+-- removed; no listener is orphaned and no stale role oid can be reused. The function does
+-- nothing; herald._sync_role_references() keeps the grants in step with the tables.
+CREATE FUNCTION herald._role_references() RETURNS void LANGUAGE sql AS $$ $$;
+COMMENT ON FUNCTION herald._role_references() IS
+    'Granted to every role Herald''s tables name, so that DROP ROLE cannot leave them dangling.';
+
+CREATE FUNCTION herald._sync_role_references() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    marker CONSTANT regprocedure := 'herald._role_references()';
+    r regrole;
+BEGIN
+    FOR r IN
+        WITH named AS (
+            SELECT l.owner::oid AS role FROM herald.listener l
+            UNION SELECT t.owner::oid FROM herald.event_type t
+            UNION SELECT g::oid FROM herald.event_type t, unnest(t.granted_to) g
+            UNION SELECT g::oid FROM herald.event_queue q, unnest(q.listener_roles) g)
+        SELECT n.role::regrole FROM named n JOIN pg_roles o ON o.oid = n.role
+         WHERE n.role NOT IN (SELECT a.grantee FROM pg_proc p, aclexplode(p.proacl) a
+                               WHERE p.oid = marker)
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s', marker, r);
+    END LOOP;
+    FOR r IN
+        SELECT a.grantee::regrole FROM pg_proc p, aclexplode(p.proacl) a
+         WHERE p.oid = marker AND a.grantee <> p.proowner AND a.grantee <> 0
+           AND a.grantee NOT IN (SELECT l.owner::oid FROM herald.listener l
+                                 UNION SELECT t.owner::oid FROM herald.event_type t
+                                 UNION SELECT g::oid FROM herald.event_type t, unnest(t.granted_to) g
+                                 UNION SELECT g::oid FROM herald.event_queue q, unnest(q.listener_roles) g)
+    LOOP
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM %s', marker, r);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER listener_roles
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON herald.listener
+    FOR EACH STATEMENT EXECUTE FUNCTION herald._sync_role_references();
+CREATE TRIGGER event_type_roles
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON herald.event_type
+    FOR EACH STATEMENT EXECUTE FUNCTION herald._sync_role_references();
+CREATE TRIGGER event_queue_roles
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON herald.event_queue
+    FOR EACH STATEMENT EXECUTE FUNCTION herald._sync_role_references();
+
+REVOKE ALL ON FUNCTION herald._role_references(), herald._sync_role_references() FROM PUBLIC;
+-- Grant the marker to every role named today.
+UPDATE herald.event_queue SET listener_roles = listener_roles WHERE false;

@@ -48,16 +48,16 @@ impl HandlerError {
 impl From<Raised> for HandlerError {
     fn from(r: Raised) -> Self {
         HandlerError {
-            sqlstate: sqlstate_text(r.code),
+            sqlstate: sqlstate_text(r.sqlstate),
             message: r.message,
             detail: r.detail,
         }
     }
 }
 
-fn sqlstate_text(code: pgrx::PgSqlErrorCode) -> String {
+fn sqlstate_text(code: i32) -> String {
     // Postgres packs the five SQLSTATE characters six bits each.
-    let mut v = code as i32;
+    let mut v = code;
     let mut s = String::with_capacity(5);
     for _ in 0..5 {
         s.push((((v & 0x3F) as u8) + b'0') as char);

@@ -15,14 +15,19 @@ pub fn count(sql: &str) -> i64 {
     one::<i64>(sql).unwrap_or_default()
 }
 
-/// Run `sql` in a subtransaction and return the error message (and hint) it raised.
+/// Run `sql` in a subtransaction and return the error message, hint and detail it raised.
 pub fn error_of(sql: &str) -> String {
     let result = subxact::run(|| {
         Spi::run(sql).ok();
     });
     match result {
         Ok(()) => panic!("expected an error from: {sql}"),
-        Err(e) => format!("{} | {}", e.message, e.hint.as_deref().unwrap_or("")),
+        Err(e) => format!(
+            "{} | {} | {}",
+            e.message,
+            e.hint.as_deref().unwrap_or(""),
+            e.detail.as_deref().unwrap_or("")
+        ),
     }
 }
 

@@ -393,4 +393,47 @@ mod tests {
             1
         );
     }
+
+    #[pg_test]
+    fn a_role_named_by_herald_cannot_be_dropped() {
+        fixture();
+        run("GRANT SELECT ON app.t TO mallory");
+        run("SET ROLE mallory");
+        let l = one::<i64>("SELECT herald.add_data_listener('app.t', 'app.rec', queue => 'q')")
+            .unwrap();
+        run("RESET ROLE");
+        run("REVOKE ALL ON app.t FROM mallory");
+        run("REVOKE ALL ON SCHEMA app FROM mallory");
+        run("REVOKE ALL ON SCHEMA herald FROM mallory");
+        run("REVOKE ALL ON ALL FUNCTIONS IN SCHEMA herald FROM mallory");
+        run("UPDATE herald.event_queue SET listener_roles = '{alice}'");
+        assert_error(
+            "DROP ROLE mallory",
+            "privileges for function herald._role_references()",
+        );
+        run(&format!("SELECT herald.remove_listener({l})"));
+        run("DROP ROLE mallory");
+        // Named only as a queue's listener role, or as an event type's grantee: the same.
+        assert_error(
+            "DROP ROLE alice",
+            "privileges for function herald._role_references()",
+        );
+    }
+
+    #[pg_test]
+    fn a_handlers_own_sqlstate_is_logged_as_raised() {
+        fixture();
+        run(
+            "CREATE FUNCTION app.fails(e herald.event) RETURNS void LANGUAGE plpgsql AS
+             $$ BEGIN RAISE EXCEPTION 'no stock' USING ERRCODE = 'HR042'; END $$",
+        );
+        run("SELECT herald.add_data_listener('app.t', 'app.fails', sync => true)");
+        run("SELECT herald.add_data_listener('app.t', 'app.fails', queue => 'q')");
+        run("INSERT INTO app.t (id) VALUES (1)");
+        run("SELECT herald.drain('q')");
+        assert_eq!(
+            count("SELECT count(*) FROM herald.event_log WHERE outcome = 'failed' AND error = 'no stock (HR042)'"),
+            2
+        );
+    }
 }
