@@ -134,10 +134,16 @@ pub fn as_user<R>(user: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     result
 }
 
+/// The `search_path` user code runs with: PostgreSQL's default, so that the session that
+/// happens to run it (a producer, a coordinator) cannot point its unqualified names at
+/// objects of its own. A function with its own `SET search_path` still gets that.
+const RESTRICTED_SEARCH_PATH: &std::ffi::CStr = c"\"$user\", public";
+
 /// Run user code (a handler) as `user` in a security-restricted operation, the way
 /// PostgreSQL runs index expressions and `VACUUM`'s functions: no `SET ROLE`, no
 /// `SET SESSION AUTHORIZATION`, no temporary tables, cursors or prepared statements that
-/// would outlive the call, and every setting it changes is put back when it returns.
+/// would outlive the call, the default `search_path`, and every setting it changes is put
+/// back when it returns.
 ///
 /// If `f` raises an error the (sub)transaction abort restores the user, the security
 /// context and the settings.
@@ -145,7 +151,9 @@ pub fn as_restricted<R>(user: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     let mut saved_user = pg_sys::InvalidOid;
     let mut saved_context = 0;
     // SAFETY: plain reads and writes of the backend's user id and security context, and a
-    // new GUC nesting level that the matching AtEOXact_GUC below (or an abort) pops.
+    // new GUC nesting level that the matching AtEOXact_GUC below (or an abort) pops; the
+    // search_path is saved at that level (as a function's SET clause is), and the value is
+    // a valid constant.
     let nest_level = unsafe {
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
         pg_sys::SetUserIdAndSecContext(
@@ -154,7 +162,18 @@ pub fn as_restricted<R>(user: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
                 | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
                 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
         );
-        pg_sys::NewGUCNestLevel()
+        let level = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            RESTRICTED_SEARCH_PATH.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        level
     };
     let result = f();
     // SAFETY: `false` reverts every setting made at `nest_level` or above (as VACUUM does

@@ -436,4 +436,33 @@ mod tests {
             2
         );
     }
+
+    #[pg_test]
+    fn the_producers_search_path_does_not_reach_a_handler() {
+        fixture();
+        run("GRANT SELECT, TRIGGER ON app.t TO mallory");
+        run("GRANT INSERT ON app.t TO alice");
+        run("CREATE FUNCTION public.note_it() RETURNS text LANGUAGE sql AS $$ SELECT 'mine' $$");
+        run("CREATE SCHEMA trap AUTHORIZATION alice");
+        run("CREATE FUNCTION trap.note_it() RETURNS text LANGUAGE sql AS $$ SELECT 'hijacked' $$");
+        run("ALTER FUNCTION trap.note_it() OWNER TO alice");
+        run("GRANT USAGE ON SCHEMA trap TO PUBLIC");
+        run(
+            "CREATE FUNCTION app.uses_path(e herald.event) RETURNS void LANGUAGE plpgsql AS
+             $$ BEGIN INSERT INTO app.seen VALUES (note_it(), NULL); END $$",
+        );
+        run("ALTER FUNCTION app.uses_path(herald.event) OWNER TO mallory");
+        run("SET ROLE mallory");
+        one::<i64>("SELECT herald.add_data_listener('app.t', 'app.uses_path', sync => true)");
+        run("RESET ROLE");
+        run("SET ROLE alice");
+        run("SET search_path = trap, public");
+        run("INSERT INTO app.t (id) VALUES (1)");
+        run("RESET search_path");
+        run("RESET ROLE");
+        assert_eq!(
+            one::<String>("SELECT string_agg(ran_as, ',') FROM app.seen").unwrap(),
+            "mine"
+        );
+    }
 }
