@@ -274,3 +274,26 @@ CREATE TRIGGER event_queue_roles
 REVOKE ALL ON FUNCTION herald._role_references(), herald._sync_role_references() FROM PUBLIC;
 -- Grant the marker to every role named today.
 UPDATE herald.event_queue SET listener_roles = listener_roles WHERE false;
+
+-- Deleting a queue waits for producers that may still commit events into it.
+CREATE OR REPLACE FUNCTION herald._event_queue_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        -- Wait for producers that may still commit events into the queue, then drop them.
+        PERFORM pg_advisory_xact_lock(herald._lock_space('producers'), OLD.id);
+        DELETE FROM herald.event e WHERE e.queue = OLD.name;
+        PERFORM pg_notify('herald_queues', OLD.name);
+        RETURN OLD;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO herald.queue_state (queue) VALUES (NEW.name);
+    END IF;
+    IF TG_OP = 'UPDATE' AND NEW.event_run IS DISTINCT FROM OLD.event_run THEN
+        PERFORM herald._invalidate_listeners();   -- producers cache whether a queue runs
+    END IF;
+    PERFORM herald._wake_queue(NEW.id);
+    PERFORM pg_notify('herald_queues', NEW.name);
+    RETURN NEW;
+END
+$$;

@@ -74,6 +74,8 @@ CREATE FUNCTION herald._event_queue_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF TG_OP = 'DELETE' THEN
+        -- Wait for producers that may still commit events into the queue, then drop them.
+        PERFORM pg_advisory_xact_lock(herald._lock_space('producers'), OLD.id);
         DELETE FROM herald.event e WHERE e.queue = OLD.name;
         PERFORM pg_notify('herald_queues', OLD.name);
         RETURN OLD;

@@ -15,17 +15,23 @@ pub enum KeySpace {
     /// Held (session level) by the coordinator connection that drains a queue; key: the
     /// queue's id. "HRLD".
     QueueDrainer,
+    /// Held shared (transaction level) by every transaction that stores an event in a
+    /// queue, and exclusively by whoever removes the queue or one of its listeners, so
+    /// that no event of an uncommitted producer outlives its listener; key: the queue's
+    /// id. "HRLP".
+    QueueProducers,
 }
 
 impl KeySpace {
     /// Every key space, for lookups by name.
-    pub const ALL: &'static [KeySpace] = &[KeySpace::QueueDrainer];
+    pub const ALL: &'static [KeySpace] = &[KeySpace::QueueDrainer, KeySpace::QueueProducers];
 
     /// The first key of locks in this space. Numbers stay below 2^31 so that they read the
     /// same as `int4` keys and as `pg_locks.classid` (an oid).
     pub const fn number(self) -> u32 {
         match self {
             KeySpace::QueueDrainer => 0x4852_4C44,
+            KeySpace::QueueProducers => 0x4852_4C50,
         }
     }
 
@@ -33,6 +39,7 @@ impl KeySpace {
     pub const fn name(self) -> &'static str {
         match self {
             KeySpace::QueueDrainer => "queue",
+            KeySpace::QueueProducers => "producers",
         }
     }
 
@@ -56,6 +63,16 @@ impl KeySpace {
         let tag = self.tag(key);
         // SAFETY: a lookup in this backend's own lock table with a valid tag.
         unsafe { pg_sys::LockHeldByMe(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE) }
+    }
+
+    /// Take lock `key` of this space in `mode` until the end of the transaction, waiting for
+    /// it. True if this transaction did not hold it yet.
+    pub fn lock_for_transaction(self, key: i32, mode: u32) -> bool {
+        let tag = self.tag(key);
+        // SAFETY: a transaction-level lock with a valid tag; the lock manager releases it
+        // at the end of the transaction (a wait can be cancelled as any lock wait).
+        let result = unsafe { pg_sys::LockAcquire(&tag, mode as pg_sys::LOCKMODE, false, false) };
+        result == pg_sys::LockAcquireResult::LOCKACQUIRE_OK
     }
 
     /// Take lock `key` of this space until the end of the transaction, without waiting, as

@@ -53,12 +53,35 @@ impl Rows {
 }
 
 /// Execute `sql` (a `'static` string, the key of its kept plan) with parameters of the
-/// given types. Runs as a read-write statement, so each execution takes a fresh snapshot.
+/// given types. Runs as a read-write statement, so each execution takes a fresh snapshot
+/// (in READ COMMITTED; the transaction's snapshot in REPEATABLE READ and SERIALIZABLE).
 pub fn execute(
+    connected: &pgrx::spi::SpiClient<'_>,
+    sql: &'static str,
+    types: &[pg_sys::Oid],
+    args: &[Option<pg_sys::Datum>],
+) -> Rows {
+    run(connected, sql, types, args, false)
+}
+
+/// [`execute`] a read-only query with the latest snapshot, whatever the isolation level:
+/// what is committed now (and this transaction's own changes), the way PostgreSQL reads
+/// its catalogs. For caches that outlive the transaction.
+pub fn execute_latest(
+    connected: &pgrx::spi::SpiClient<'_>,
+    sql: &'static str,
+    types: &[pg_sys::Oid],
+    args: &[Option<pg_sys::Datum>],
+) -> Rows {
+    run(connected, sql, types, args, true)
+}
+
+fn run(
     _connected: &pgrx::spi::SpiClient<'_>,
     sql: &'static str,
     types: &[pg_sys::Oid],
     args: &[Option<pg_sys::Datum>],
+    latest: bool,
 ) -> Rows {
     assert_eq!(types.len(), args.len(), "argument count of: {sql}");
     let plan = PLANS.with(|plans| {
@@ -94,9 +117,23 @@ pub fn execute(
         .map(|a| if a.is_some() { b' ' } else { b'n' } as std::ffi::c_char)
         .collect();
     // SAFETY: `plan` is a kept plan with `values.len()` parameters of the declared types
-    // (asserted above), `nulls` has one flag per value, and SPI is connected.
+    // (asserted above), `nulls` has one flag per value, and SPI is connected. With
+    // `latest`, SPI pushes (a copy of) the latest snapshot for the query's duration.
     unsafe {
-        let rc = pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), false, 0);
+        let rc = if latest {
+            pg_sys::SPI_execute_snapshot(
+                plan,
+                values.as_mut_ptr(),
+                nulls.as_ptr(),
+                pg_sys::GetLatestSnapshot(),
+                std::ptr::null_mut(),
+                true,
+                false,
+                0,
+            )
+        } else {
+            pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), false, 0)
+        };
         if rc < 0 {
             raise(
                 PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,

@@ -49,7 +49,21 @@ unsafe extern "C-unwind" fn record_sqlstate(_arg: *mut std::ffi::c_void) {
 /// Run `f` in an internal subtransaction. If it succeeds its effects stay in the current
 /// transaction; if it raises, its effects are rolled back and the error is returned (the
 /// caller's transaction goes on).
+///
+/// A cancel (`pg_cancel_backend`, `statement_timeout`: SQLSTATE 57014) is not the code's
+/// failure but the caller's: like PL/pgSQL's `WHEN OTHERS`, this does not catch it. The
+/// subtransaction is rolled back and the cancel goes on to abort the caller's statement.
 pub fn run<F: FnOnce()>(f: F) -> Result<(), Raised> {
+    match catch_all(f) {
+        Err(r) if r.code == PgSqlErrorCode::ERRCODE_QUERY_CANCELED => {
+            super::errors::raise(r.code, r.message, r.hint)
+        }
+        result => result,
+    }
+}
+
+/// [`run`], catching cancels too (for tests that expect one).
+pub fn catch_all<F: FnOnce()>(f: F) -> Result<(), Raised> {
     // SAFETY: the subtransaction is begun here and, on every path, either released or
     // rolled back here, restoring the caller's memory context and resource owner as
     // PL/pgSQL's exception blocks do; `PgTryBuilder` catches the error raised inside `f`

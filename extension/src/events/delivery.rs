@@ -9,6 +9,7 @@ use crate::core::errors;
 use crate::core::ffi;
 use crate::core::wakeup;
 use crate::handlers::{self, HandlerError};
+use crate::listeners::cache;
 use crate::model::event::EventRow;
 use crate::model::listener::{Delivery, Denial, Listener, QueueRef};
 
@@ -39,7 +40,23 @@ pub fn next_event_id() -> i64 {
 }
 
 /// Persist the event into the listener's queue and wake the queue's drainer at commit.
+///
+/// The first event of a transaction for a queue takes the queue's producer lock (shared):
+/// removing the queue or one of its listeners waits for this transaction to end, so its
+/// events never outlive their listener. A removal that committed before the lock was
+/// granted is seen by taking in its invalidation: then the listener is gone and nothing
+/// is stored.
 fn enqueue(event: &EventRow, listener: i64, queue: &QueueRef) {
+    if KeySpace::QueueProducers.lock_for_transaction(queue.id, pg_sys::ShareLock) {
+        cache::refresh();
+        let current = cache::current();
+        let same = current
+            .get(listener)
+            .is_some_and(|l| l.delivery.queue().is_some_and(|q| q.id == queue.id));
+        if !same {
+            return;
+        }
+    }
     let row = event.for_listener(Some(&queue.name), listener);
     store::insert(catalog::oids().event_rel, &row);
     if queue.running {

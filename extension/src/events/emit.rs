@@ -76,6 +76,7 @@ pub unsafe extern "C-unwind" fn herald_emit(fcinfo: pg_sys::FunctionCallInfo) ->
 
 /// Deliver one user event to every listener of its type; returns the event id.
 pub fn emit(r#type: &str, action: &str, details: pg_sys::Datum) -> i64 {
+    cache::refresh();
     let listeners = cache::current().matching(r#type);
     if listeners.iter().any(|l| l.delivery.queue().is_some()) {
         // The transaction id comes before the event id: drainers rely on it to know when no

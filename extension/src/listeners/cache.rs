@@ -17,6 +17,7 @@ use std::rc::Rc;
 use crate::core::catalog;
 use crate::core::errors;
 use crate::core::invalidation::{self, Scope};
+use crate::core::plans;
 use crate::model::data::{Cols, DataSpec};
 use crate::model::listener::{DataSource, Delivery, Denial, Listener, QueueRef, Source};
 use crate::model::session::Session;
@@ -120,51 +121,64 @@ pub fn current() -> Rc<ListenerSet> {
     set
 }
 
+/// Make the listener set current: take in the invalidations other sessions committed
+/// since this statement began, so that a registration committed before an emit or a
+/// captured write started is seen by it, even inside an older open transaction.
+pub fn refresh() {
+    // SAFETY: processes pending shared invalidation messages, as PostgreSQL does whenever
+    // it takes a lock; cheap when there are none.
+    unsafe { pg_sys::AcceptInvalidationMessages() };
+}
+
+/// Read the listener table with the latest snapshot (see `plans::execute_latest`): the
+/// cache outlives the transaction that loads it, so it must not hold an older
+/// transaction's view.
 fn load() -> ListenerSet {
     catalog::as_owner(|| {
         errors::spi(Spi::connect(|client| {
+            let rows = plans::execute_latest(client, include_str!("load.sql"), &[], &[]);
             let mut set = ListenerSet::default();
-            for row in client.select(include_str!("load.sql"), None, &[])? {
-                let types = row.get::<Vec<String>>(3)?.unwrap_or_default();
-                let source = match (row.get::<String>(8)?.as_deref(), row.get::<pg_sys::Oid>(9)?) {
+            for r in 0..rows.len() {
+                let types = rows.get::<Vec<String>>(r, 3).unwrap_or_default();
+                let source = match (
+                    rows.get::<String>(r, 8).as_deref(),
+                    rows.get::<pg_sys::Oid>(r, 9),
+                ) {
                     (Some("data"), Some(table)) => Source::DataChanges(DataSource {
                         table,
                         spec: DataSpec::from_items(&types),
-                        key: Cols::of(&row.get::<Vec<i32>>(10)?.unwrap_or_default()),
-                        hidden: Cols::of(&row.get::<Vec<i32>>(11)?.unwrap_or_default()),
+                        key: Cols::of(&rows.get::<Vec<i32>>(r, 10).unwrap_or_default()),
+                        hidden: Cols::of(&rows.get::<Vec<i32>>(r, 11).unwrap_or_default()),
                     }),
                     (Some("event"), _) => Source::UserEvents(types),
                     _ => continue, // a kind this version does not deliver
                 };
                 let delivery = match (
-                    row.get::<bool>(6)?.unwrap_or(false),
-                    row.get::<String>(4)?,
-                    row.get::<i32>(12)?,
+                    rows.get::<bool>(r, 6).unwrap_or(false),
+                    rows.get::<String>(r, 4),
+                    rows.get::<i32>(r, 12),
                 ) {
                     (true, _, _) => Delivery::Sync,
                     (false, Some(name), _) => Delivery::Queue(QueueRef {
                         name,
-                        id: row.get::<i32>(5)?.unwrap_or_default(),
-                        running: row.get::<bool>(13)?.unwrap_or(false),
+                        id: rows.get::<i32>(r, 5).unwrap_or_default(),
+                        running: rows.get::<bool>(r, 13).unwrap_or(false),
                     }),
                     (false, None, Some(pid)) => Delivery::Session(Session {
                         pid,
-                        start: row
-                            .get::<pgrx::datum::TimestampWithTimeZone>(14)?
-                            .map(pg_sys::TimestampTz::from)
-                            .unwrap_or_default(),
+                        start: rows.get::<pg_sys::TimestampTz>(r, 14).unwrap_or_default(),
                     }),
                     (false, None, None) => continue, // malformed by hand: nowhere to deliver
                 };
-                let id = row.get::<i64>(1)?.unwrap_or_default();
-                let denied = match row.get::<String>(15)? {
+                let id = rows.get::<i64>(r, 1).unwrap_or_default();
+                let denied = match rows.get::<String>(r, 15) {
                     Some(reason) => Some(denial(&reason)),
                     None => hidden_key(id, &source),
                 };
                 set.add(Listener {
                     id,
-                    handler: row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
-                    owner: row.get::<pg_sys::Oid>(7)?.unwrap_or(pg_sys::InvalidOid),
+                    handler: rows.get::<pg_sys::Oid>(r, 2).unwrap_or(pg_sys::InvalidOid),
+                    owner: rows.get::<pg_sys::Oid>(r, 7).unwrap_or(pg_sys::InvalidOid),
                     source,
                     delivery,
                     denied,

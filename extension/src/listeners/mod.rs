@@ -6,6 +6,7 @@
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode as Code;
 
+use crate::core::advisory::KeySpace;
 use crate::core::catalog;
 use crate::core::errors::{self, raise};
 use crate::model::data::DataSpec;
@@ -303,8 +304,10 @@ fn remove_listener(id: Option<i64>) {
     let found = catalog::as_owner(|| {
         errors::spi(Spi::connect_mut(|client| {
             let rows = client.update(
-                "SELECT l.owner::pg_catalog.oid, l.tbl::pg_catalog.oid FROM herald.listener l
-                  WHERE l.id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+                "SELECT l.owner::pg_catalog.oid, l.tbl::pg_catalog.oid, q.id
+                   FROM herald.listener l
+                   LEFT JOIN herald.event_queue q ON q.name OPERATOR(pg_catalog.=) l.queue
+                  WHERE l.id OPERATOR(pg_catalog.=) $1 FOR UPDATE OF l",
                 None,
                 &[id.into()],
             )?;
@@ -315,11 +318,13 @@ fn remove_listener(id: Option<i64>) {
             Ok::<_, pgrx::spi::SpiError>(Some((
                 row.get::<pg_sys::Oid>(1)?,
                 row.get::<pg_sys::Oid>(2)?,
+                row.get::<i32>(3)?,
             )))
         }))
     });
     let owner = found.and_then(|f| f.0);
     let tbl = found.and_then(|f| f.1);
+    let queue_id = found.and_then(|f| f.2);
     let Some(owner) = owner else {
         raise(
             Code::ERRCODE_UNDEFINED_OBJECT,
@@ -337,9 +342,20 @@ fn remove_listener(id: Option<i64>) {
             None,
         );
     }
+    if let Some(queue_id) = queue_id {
+        // Wait for the producers that may still commit events for this listener (see
+        // events::delivery::enqueue); the DELETE below then sees their events.
+        KeySpace::QueueProducers.lock_for_transaction(queue_id, pg_sys::ExclusiveLock);
+    }
     catalog::as_owner(|| {
         errors::spi(Spi::run_with_args(
             "DELETE FROM herald.event e WHERE e.listener OPERATOR(pg_catalog.=) $1",
+            &[id.into()],
+        ));
+        // A queue held at one of its events lets go: the event is gone.
+        errors::spi(Spi::run_with_args(
+            "UPDATE herald.queue_state s SET held_event = NULL, held_listener = NULL
+              WHERE s.held_listener OPERATOR(pg_catalog.=) $1",
             &[id.into()],
         ));
         errors::spi(Spi::run_with_args(

@@ -325,7 +325,11 @@ fn lookup(queue: &str, node: Option<&str>) -> Lookup {
             held,
             floor: floor::next(settings.floor, seen),
         };
-        let acknowledged = record_status(client, &this, &status);
+        let Some(acknowledged) = record_status(client, &this, &status) else {
+            // A handler deleted the queue (its state row went with it): nothing is left to
+            // acknowledge or record.
+            return Lookup::idle(QueueState::Stopped);
+        };
         if acknowledged != done_ids.len() as i64 {
             // A row moved since the fetch (someone updated herald.event by hand): fall back
             // to the keys for whatever is left.
@@ -531,12 +535,12 @@ fn log(
 }
 
 /// Acknowledge the done events and record the lookup's outcome (one statement); returns how
-/// many events were deleted.
+/// many events were deleted, or None if the queue no longer exists.
 fn record_status(
     client: &mut pgrx::spi::SpiClient<'_>,
     lookup: &LookupOf<'_>,
     status: &Status<'_>,
-) -> i64 {
+) -> Option<i64> {
     use pg_sys::{BOOLOID as B, INT8OID as I8, TEXTOID as T};
     let rows = plans::execute(
         client,
@@ -574,7 +578,7 @@ fn record_status(
             Some(tid_array(status.done)),
         ],
     );
-    rows.get::<i64>(0, 1).unwrap_or_default()
+    (!rows.is_empty()).then(|| rows.get::<i64>(0, 1).unwrap_or_default())
 }
 
 /// The next transaction id to be assigned.

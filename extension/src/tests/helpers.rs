@@ -17,7 +17,7 @@ pub fn count(sql: &str) -> i64 {
 
 /// Run `sql` in a subtransaction and return the error message, hint and detail it raised.
 pub fn error_of(sql: &str) -> String {
-    let result = subxact::run(|| {
+    let result = subxact::catch_all(|| {
         Spi::run(sql).ok();
     });
     match result {

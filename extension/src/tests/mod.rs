@@ -3,6 +3,7 @@
 pub mod helpers;
 
 mod capture;
+mod operations;
 mod privileges;
 mod queues;
 mod sessions;

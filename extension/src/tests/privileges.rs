@@ -389,7 +389,7 @@ mod tests {
         // Without any claim, a manual drain takes the lock for its transaction.
         run("SELECT herald.drain('q')");
         assert_eq!(
-            count("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"),
+            count("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND classid::int8 = herald._lock_space('queue')"),
             1
         );
     }

@@ -275,6 +275,7 @@ pub unsafe extern "C-unwind" fn herald_capture(fcinfo: pg_sys::FunctionCallInfo)
             Some("Drop the trigger: Herald's own tables are never capturable.".into()),
         );
     }
+    cache::refresh();
     let set = cache::current();
     let table_listeners = set.on_table(relid);
     if table_listeners.is_empty() {
