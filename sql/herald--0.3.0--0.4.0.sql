@@ -297,3 +297,50 @@ BEGIN
     RETURN NEW;
 END
 $$;
+
+-- pg_dump keeps queues, listeners (not session listeners), event types, pending events,
+-- the log and their sequences (docs/operations.md, "Backup and restore").
+SELECT pg_catalog.pg_extension_config_dump('herald.event_queue', '');
+SELECT pg_catalog.pg_extension_config_dump('herald.event_queue_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('herald.listener',
+                                           'WHERE delivery OPERATOR(pg_catalog.<>) ''session''');
+SELECT pg_catalog.pg_extension_config_dump('herald.listener_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('herald.event_type', '');
+SELECT pg_catalog.pg_extension_config_dump('herald.event', '');
+SELECT pg_catalog.pg_extension_config_dump('herald.event_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('herald.event_log', '');
+SELECT pg_catalog.pg_extension_config_dump('herald.event_log_id_seq', '');
+
+-- A queue whose state row is missing (restored with triggers disabled) still shows.
+CREATE OR REPLACE VIEW herald.queue_status AS
+SELECT q.name,
+       CASE WHEN s.held_event IS NOT NULL THEN 'held'
+            WHEN q.event_run = 1 THEN 'running'
+            ELSE 'stopped' END AS state,
+       q.event_run,
+       q.event_amount_per_lookup,
+       q.event_hold_on_error,
+       q.event_log_level,
+       (SELECT count(*) FROM herald.event e
+         WHERE e.queue = q.name AND e.id >= coalesce(s.scan_from, 0)) AS backlog,
+       (SELECT min(e.created_at) FROM herald.event e
+         WHERE e.queue = q.name AND e.id >= coalesce(s.scan_from, 0)) AS oldest_event_at,
+       (SELECT a.application_name
+          FROM pg_catalog.pg_locks l
+          JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+         WHERE l.locktype = 'advisory' AND l.granted
+           AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                              WHERE d.datname = pg_catalog.current_database())
+           AND l.classid = herald._lock_space('queue')::oid AND l.objid = q.id::oid AND l.objsubid = 2
+         LIMIT 1) AS drainer,
+       s.drained_by,
+       s.last_lookup_at,
+       s.held_event,
+       s.last_error,
+       s.last_error_at,
+       coalesce(s.handled_count, 0) AS handled_count,
+       coalesce(s.failed_count, 0) AS failed_count,
+       coalesce(s.skipped_count, 0) AS skipped_count
+  FROM herald.event_queue q
+  -- LEFT: a queue restored with triggers disabled gets its state row at its first lookup.
+  LEFT JOIN herald.queue_state s ON s.queue = q.name;

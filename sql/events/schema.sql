@@ -45,3 +45,8 @@ COMMENT ON TABLE herald.event_log IS
     'What happened to events: failures (event_log_level >= 1), every handled event (>= 2), '
     'with details (3); operator retries and skips, and events withheld from a listener whose '
     'owner may not read them, are always recorded.';
+-- pg_dump keeps pending events and the log, with the sequences that give ids and order.
+SELECT pg_catalog.pg_extension_config_dump('herald.event', '');
+SELECT pg_catalog.pg_extension_config_dump('herald.event_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('herald.event_log', '');
+SELECT pg_catalog.pg_extension_config_dump('herald.event_log_id_seq', '');

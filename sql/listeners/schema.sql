@@ -24,6 +24,12 @@ CREATE INDEX listener_queue_idx ON herald.listener (queue);
 CREATE INDEX listener_tbl_idx ON herald.listener (tbl);
 COMMENT ON TABLE herald.listener IS
     'Herald listeners; use herald.add_*_listener() and herald.remove_listener() to change them.';
+-- pg_dump keeps listeners (handlers, tables, queues and owners by name, so that a restore
+-- into another database resolves them again), except session listeners, whose sessions
+-- end with the dump.
+SELECT pg_catalog.pg_extension_config_dump('herald.listener',
+                                           'WHERE delivery OPERATOR(pg_catalog.<>) ''session''');
+SELECT pg_catalog.pg_extension_config_dump('herald.listener_id_seq', '');
 
 ------------------------------------------------------------------------------------------
 -- Event types: who controls a user event type, and who may listen to it. Listening to a
@@ -40,6 +46,7 @@ CREATE TABLE herald.event_type (
 COMMENT ON TABLE herald.event_type IS
     'User event types and the roles that may listen to them; use herald.create_event_type(), '
     'herald.grant_listen() and herald.revoke_listen().';
+SELECT pg_catalog.pg_extension_config_dump('herald.event_type', '');
 
 -- The first of `types` that `role` may not listen to (NULL: it may listen to all).
 CREATE FUNCTION herald._unlistenable(role oid, types text[]) RETURNS text

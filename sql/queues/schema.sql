@@ -27,6 +27,12 @@ CREATE TABLE herald.event_queue (
 COMMENT ON TABLE herald.event_queue IS
     'Herald event queues: settings (event_*) are changed with UPDATE and picked up by the '
     'running drainer after its current lookup. Status: herald.queue_status.';
+-- pg_dump keeps the queues and their settings (docs/operations.md, "Backup and restore").
+-- Their runtime state (herald.queue_state) is rebuilt by the insert trigger: a restored
+-- queue starts with a fresh scan floor and counters, and a queue that holds on errors
+-- holds again at its failing event.
+SELECT pg_catalog.pg_extension_config_dump('herald.event_queue', '');
+SELECT pg_catalog.pg_extension_config_dump('herald.event_queue_id_seq', '');
 
 ------------------------------------------------------------------------------------------
 -- Runtime state of each queue, written by every lookup. Kept apart from the settings so

@@ -126,9 +126,9 @@ SELECT q.name,
        q.event_hold_on_error,
        q.event_log_level,
        (SELECT count(*) FROM herald.event e
-         WHERE e.queue = q.name AND e.id >= s.scan_from) AS backlog,
+         WHERE e.queue = q.name AND e.id >= coalesce(s.scan_from, 0)) AS backlog,
        (SELECT min(e.created_at) FROM herald.event e
-         WHERE e.queue = q.name AND e.id >= s.scan_from) AS oldest_event_at,
+         WHERE e.queue = q.name AND e.id >= coalesce(s.scan_from, 0)) AS oldest_event_at,
        (SELECT a.application_name
           FROM pg_catalog.pg_locks l
           JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
@@ -142,10 +142,11 @@ SELECT q.name,
        s.held_event,
        s.last_error,
        s.last_error_at,
-       s.handled_count,
-       s.failed_count,
-       s.skipped_count
+       coalesce(s.handled_count, 0) AS handled_count,
+       coalesce(s.failed_count, 0) AS failed_count,
+       coalesce(s.skipped_count, 0) AS skipped_count
   FROM herald.event_queue q
-  JOIN herald.queue_state s ON s.queue = q.name;
+  -- LEFT: a queue restored with triggers disabled gets its state row at its first lookup.
+  LEFT JOIN herald.queue_state s ON s.queue = q.name;
 COMMENT ON VIEW herald.queue_status IS
     'Queues with their backlog and the coordinator connection (application_name) draining them.';

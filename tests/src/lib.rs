@@ -45,10 +45,15 @@ impl Env {
 
     /// Start `herald run --node <node>` against this cluster.
     pub fn coordinator(&self, node: &str) -> Coordinator {
+        self.coordinator_on(node, &self.url())
+    }
+
+    /// Start `herald run --node <node> --database-url <url>`.
+    pub fn coordinator_on(&self, node: &str, url: &str) -> Coordinator {
         let log =
             std::fs::File::create(self.cluster.dir.join(format!("{node}.log"))).expect("log file");
         let child = Command::new(herald_bin())
-            .args(["run", "--database-url", &self.url(), "--node", node])
+            .args(["run", "--database-url", url, "--node", node])
             .env("HERALD_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -59,6 +64,33 @@ impl Env {
             child: Some(child),
             node: node.to_string(),
         }
+    }
+
+    /// Run one of the cluster's client programs (pg_dump, pg_restore, ...) against it as
+    /// the superuser; panics with its output if it fails.
+    pub fn tool(&self, program: &str, args: &[&str]) {
+        let bindir = find_bindir().expect("PostgreSQL binaries");
+        let url = self.url();
+        let port = url
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("port="))
+            .expect("port");
+        let out = Command::new(bindir.join(program))
+            .args(["-h", "127.0.0.1", "-p", port, "-U", "postgres"])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        assert!(
+            out.status.success(),
+            "{program} {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The connection string of another database of this cluster.
+    pub fn url_of(&self, dbname: &str) -> String {
+        self.cluster.url(dbname)
     }
 
     pub fn log_of(&self, node: &str) -> String {

@@ -43,6 +43,10 @@ SELECT line FROM (
   SELECT 'event trigger ' || e.evtname || ' ' || e.evtevent || ' ' || e.evtfoid::regproc::text
     FROM pg_event_trigger e
   UNION ALL
+  SELECT 'dumped ' || c.oid::regclass || ' ' || coalesce(x.extcondition[i], '')
+    FROM pg_extension x, generate_subscripts(x.extconfig, 1) i, pg_class c
+   WHERE x.extname = 'herald' AND c.oid = x.extconfig[i]
+  UNION ALL
   SELECT 'member ' || pg_describe_object(d.classid, d.objid, d.objsubid)
     FROM pg_depend d JOIN pg_extension x ON x.oid = d.refobjid
    WHERE d.refclassid = 'pg_extension'::regclass AND x.extname = 'herald' AND d.deptype = 'e'

@@ -11,7 +11,7 @@ use pgrx::PgSqlErrorCode as Code;
 use std::cell::Cell;
 
 use super::floor::{self, Floor, NextFloor, Seen};
-use super::no_such_queue;
+use super::{ensure_state, no_such_queue};
 use crate::core::advisory::KeySpace;
 use crate::core::catalog;
 use crate::core::datum::JsonbDatum;
@@ -241,8 +241,12 @@ fn require_drainer_lock(client: &pgrx::spi::SpiClient<'_>, queue: &str, id: i32)
 
 fn lookup(queue: &str, node: Option<&str>) -> Lookup {
     Spi::connect_mut(|client| {
-        let Some(settings) = lock_queue(client, queue) else {
-            no_such_queue(queue)
+        let settings = match lock_queue(client, queue) {
+            Some(settings) => settings,
+            None if ensure_state(client, queue) => {
+                lock_queue(client, queue).unwrap_or_else(|| no_such_queue(queue))
+            }
+            None => no_such_queue(queue),
         };
         require_drainer_lock(client, queue, settings.id);
         if !settings.running {

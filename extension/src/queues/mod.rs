@@ -5,9 +5,11 @@
 //! - [`resume`]: releasing a held queue (`herald.resume_queue`)
 //!
 //! A queue's settings and the claim of its drainer live in SQL (`sql/queues/`).
+use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode as Code;
 
 use crate::core::errors::raise;
+use crate::core::plans;
 
 mod drain;
 mod floor;
@@ -20,4 +22,26 @@ fn no_such_queue(queue: &str) -> ! {
         format!("event queue \"{queue}\" does not exist"),
         Some("SELECT name FROM herald.event_queue; lists the queues.".into()),
     )
+}
+
+/// Make sure a queue has its runtime state row; false if there is no such queue. The row is
+/// made by the queue's insert trigger; a restore that loads `herald.event_queue` with
+/// triggers disabled (`pg_restore --data-only --disable-triggers`) leaves it to this.
+fn ensure_state(client: &pgrx::spi::SpiClient<'_>, queue: &str) -> bool {
+    let rows = plans::execute(
+        client,
+        "INSERT INTO herald.queue_state (queue)
+         SELECT q.name FROM herald.event_queue q WHERE q.name OPERATOR(pg_catalog.=) $1
+         ON CONFLICT (queue) DO NOTHING
+         RETURNING 1",
+        &[pg_sys::TEXTOID],
+        &[queue.into_datum()],
+    );
+    let exists = plans::execute(
+        client,
+        "SELECT 1 FROM herald.event_queue q WHERE q.name OPERATOR(pg_catalog.=) $1",
+        &[pg_sys::TEXTOID],
+        &[queue.into_datum()],
+    );
+    !rows.is_empty() || !exists.is_empty()
 }

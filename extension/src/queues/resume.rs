@@ -2,7 +2,7 @@
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode as Code;
 
-use super::no_such_queue;
+use super::{ensure_state, no_such_queue};
 use crate::core::advisory::KeySpace;
 use crate::core::catalog;
 use crate::core::errors::{self, raise};
@@ -26,6 +26,9 @@ fn resume_queue(queue: Option<&str>, action: default!(Option<&str>, "'retry'")) 
     let operator = catalog::role_name(catalog::current_user());
     catalog::as_owner(|| {
         Spi::connect_mut(|client| {
+            if !ensure_state(client, queue) {
+                no_such_queue(queue);
+            }
             let held = errors::spi(client.update(
                 "SELECT s.held_event, s.held_listener, q.id FROM herald.queue_state s
                    JOIN herald.event_queue q ON q.name OPERATOR(pg_catalog.=) s.queue
