@@ -11,14 +11,28 @@ use tokio_postgres::{Client, Statement};
 /// not understand (an extension newer or older than the coordinator).
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error(transparent)]
+    #[error("{}", describe(.0))]
     Database(#[from] tokio_postgres::Error),
+    #[error("extension \"herald\" is not installed in this database (CREATE EXTENSION herald;)")]
+    NotInstalled,
     #[error("herald.{call} returned {value:?}, which this coordinator does not understand; are the extension and the coordinator of the same release?")]
     Unexpected {
         /// The function or view, without the schema: `drain`, `queue_status`.
         call: &'static str,
         value: String,
     },
+}
+
+/// A database error as a person reads it: the server's message and hint, not just
+/// "db error".
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.hint() {
+            Some(hint) => format!("{} (HINT: {hint})", db.message()),
+            None => db.message().to_string(),
+        },
+        None => e.to_string(),
+    }
 }
 
 /// Whether `CREATE EXTENSION herald` has run in the connected database.

@@ -4,6 +4,9 @@ use tokio_postgres::Client;
 use crate::api::{self, ApiError};
 
 pub async fn print(client: &Client) -> Result<(), ApiError> {
+    if !api::extension_installed(client).await? {
+        return Err(ApiError::NotInstalled);
+    }
     let queues = api::queue_status(client).await?;
     println!(
         "{:<20} {:<8} {:>8} {:<20} {:>9} {:>7} {:>7} {:>8}  last error",

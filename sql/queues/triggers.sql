@@ -26,10 +26,15 @@ BEGIN
             USING ERRCODE = 'feature_not_supported',
                   HINT = 'It keys the queue''s drainer lock: a new id would let a second coordinator drain the queue.';
     END IF;
-    IF NEW.name IS NULL OR NEW.name = '' THEN
+    IF NEW.name IS NULL OR btrim(NEW.name) = '' THEN
         RAISE EXCEPTION 'an event queue needs a name'
             USING ERRCODE = 'not_null_violation',
                   HINT = 'INSERT INTO herald.event_queue (name) VALUES (''MyEventQueue'');';
+    END IF;
+    IF TG_OP = 'INSERT' AND length(NEW.name) > 63 THEN
+        RAISE EXCEPTION 'event queue name "%..." is too long (% characters)', left(NEW.name, 20), length(NEW.name)
+            USING ERRCODE = 'name_too_long',
+                  HINT = 'A queue name has at most 63 characters, like an identifier.';
     END IF;
     IF NEW.event_amount_per_lookup IS NULL OR NEW.event_amount_per_lookup NOT BETWEEN 1 AND 10000 THEN
         RAISE EXCEPTION 'event_amount_per_lookup of queue "%" must be between 1 and 10000, not %',
@@ -100,17 +105,27 @@ CREATE TRIGGER event_queue_changed
 -- Coordinator API: the drainer lock of a queue is a session-level advisory lock.
 ------------------------------------------------------------------------------------------
 CREATE FUNCTION herald.claim_queue(queue text) RETURNS boolean
-LANGUAGE sql STRICT SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce((SELECT pg_try_advisory_lock(herald._lock_space('queue'), q.id)
-                       FROM herald.event_queue q WHERE q.name = queue), false)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF queue IS NULL THEN
+        RAISE EXCEPTION 'queue must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    RETURN coalesce((SELECT pg_try_advisory_lock(herald._lock_space('queue'), q.id)
+                       FROM herald.event_queue q WHERE q.name = queue), false);
+END
 $$;
 COMMENT ON FUNCTION herald.claim_queue(text) IS
     'Try to become the drainer of a queue for the rest of this session (coordinators only).';
 
 CREATE FUNCTION herald.release_queue(queue text) RETURNS boolean
-LANGUAGE sql STRICT SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce((SELECT pg_advisory_unlock(herald._lock_space('queue'), q.id)
-                       FROM herald.event_queue q WHERE q.name = queue), false)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF queue IS NULL THEN
+        RAISE EXCEPTION 'queue must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    RETURN coalesce((SELECT pg_advisory_unlock(herald._lock_space('queue'), q.id)
+                       FROM herald.event_queue q WHERE q.name = queue), false);
+END
 $$;
 
 ------------------------------------------------------------------------------------------

@@ -593,6 +593,17 @@ async fn bad_configuration_is_reported() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("CREATE EXTENSION herald"));
+    // `herald status` says the same, not just "db error".
+    let out = std::process::Command::new(herald_bin())
+        .args(["status", "--database-url", &cluster.url("postgres")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("extension \"herald\" is not installed"),
+        "{stderr}"
+    );
 }
 
 /// An event whose transaction commits late, after later events were handled and after

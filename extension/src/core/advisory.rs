@@ -95,7 +95,10 @@ fn _lock_space(name: &str) -> i32 {
         Some(space) => space.number() as i32,
         None => raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("unknown advisory lock space \"{name}\""),
+            format!(
+                "unknown advisory lock space \"{}\"",
+                super::errors::shown(name)
+            ),
             Some(format!(
                 "Herald's lock spaces: {}.",
                 KeySpace::ALL

@@ -3,6 +3,16 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 
 /// Raise `ERROR` with an SQLSTATE, a message and an optional hint. Never returns.
+/// A caller's argument as error messages show it: at most 60 characters, so that a huge
+/// argument is not echoed back in full.
+pub fn shown(arg: &str) -> String {
+    const MAX: usize = 60;
+    match arg.char_indices().nth(MAX) {
+        None => arg.to_string(),
+        Some((cut, _)) => format!("{}...", &arg[..cut]),
+    }
+}
+
 pub fn raise(code: PgSqlErrorCode, message: impl Into<String>, hint: Option<String>) -> ! {
     let mut report = ErrorReport::new(code, message.into(), "herald");
     if let Some(hint) = hint {

@@ -40,7 +40,8 @@ pub unsafe extern "C-unwind" fn herald_emit(fcinfo: pg_sys::FunctionCallInfo) ->
             _ => errors::not_null(what),
         }
     };
-    let r#type = text_arg(0, "event type");
+    // Listener types are trimmed when registered; so is the emitted type.
+    let r#type = text_arg(0, "event type").trim().to_string();
     let action = text_arg(1, "event action");
     let details = match args.get(2) {
         Some(a) if !a.isnull => a.value,

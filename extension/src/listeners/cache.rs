@@ -195,6 +195,7 @@ fn denial(reason: &str) -> Denial {
     let (code, message) = reason.split_at(reason.find(' ').unwrap_or(0));
     Denial {
         sqlstate: match code {
+            "55000" => "55000",
             "42704" => "42704",
             "42883" => "42883",
             _ => "42501",
@@ -208,7 +209,19 @@ fn hidden_key(id: i64, source: &Source) -> Option<Denial> {
     let Source::DataChanges(data) = source else {
         return None;
     };
-    (data.spec.needs_key() && data.key.intersects(&data.hidden)).then(|| Denial {
+    if !data.spec.needs_key() {
+        return None;
+    }
+    if data.key.is_empty() {
+        return Some(Denial {
+            sqlstate: "55000",
+            message: format!(
+                "the table of listener {id} has no primary key any more, which key-level (1) \
+                 events need"
+            ),
+        });
+    }
+    data.key.intersects(&data.hidden).then(|| Denial {
         sqlstate: "42501",
         message: format!(
             "permission denied for a primary key column of the table of listener {id}: \

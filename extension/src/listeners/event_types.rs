@@ -64,7 +64,7 @@ pub fn require_listenable(types: &[String]) {
 }
 
 fn quote(s: &str) -> String {
-    pgrx::spi::quote_literal(s)
+    pgrx::spi::quote_literal(errors::shown(s))
 }
 
 fn owner_of(name: &str) -> Option<pg_sys::Oid> {

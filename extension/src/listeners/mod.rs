@@ -36,8 +36,9 @@ pub fn resolve_handler(handler: &str) -> pg_sys::Oid {
     let hint_text = format!(
         "A handler is a function taking one herald.event, for example: \
          CREATE FUNCTION {}(e herald.event) RETURNS void LANGUAGE sql AS $$ ... $$;",
-        handler.split('(').next().unwrap_or(handler)
+        errors::shown(handler.split('(').next().unwrap_or(handler))
     );
+    let shown = errors::shown(&with_args);
     let hint = Some(hint_text.clone());
     // to_regprocedure() never raises for a bad name; a syntax error in the text does.
     let found = errors::spi(Spi::connect(|client| {
@@ -84,13 +85,14 @@ pub fn resolve_handler(handler: &str) -> pg_sys::Oid {
             Some(list) => raise(
                 Code::ERRCODE_INVALID_FUNCTION_DEFINITION,
                 format!(
-                    "handler function {base} must take exactly one argument of type herald.event"
+                    "handler function {} must take exactly one argument of type herald.event",
+                    errors::shown(&base)
                 ),
                 Some(format!("Found: {list}. {hint_text}")),
             ),
             None => raise(
                 Code::ERRCODE_UNDEFINED_FUNCTION,
-                format!("handler function {with_args} does not exist"),
+                format!("handler function {shown} does not exist"),
                 hint,
             ),
         }
@@ -98,30 +100,28 @@ pub fn resolve_handler(handler: &str) -> pg_sys::Oid {
     if kind != "f" {
         raise(
             Code::ERRCODE_WRONG_OBJECT_TYPE,
-            format!("handler {with_args} must be a plain function, not a procedure or aggregate"),
+            format!("handler {shown} must be a plain function, not a procedure or aggregate"),
             hint,
         );
     }
     if returns_set {
         raise(
             Code::ERRCODE_INVALID_FUNCTION_DEFINITION,
-            format!("handler function {with_args} must not return a set"),
+            format!("handler function {shown} must not return a set"),
             hint,
         );
     }
     if nargs != 1 || !takes_event {
         raise(
             Code::ERRCODE_INVALID_FUNCTION_DEFINITION,
-            format!(
-                "handler function {with_args} must take exactly one argument of type herald.event"
-            ),
+            format!("handler function {shown} must take exactly one argument of type herald.event"),
             hint,
         );
     }
     if !may_execute {
         raise(
             Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!("permission denied for handler function {with_args}"),
+            format!("permission denied for handler function {shown}"),
             Some("The role registering a listener must be allowed to EXECUTE its handler.".into()),
         );
     }
@@ -136,7 +136,10 @@ pub fn parse_event_types(spec: &str) -> Vec<String> {
         if t.is_empty() {
             raise(
                 Code::ERRCODE_INVALID_PARAMETER_VALUE,
-                format!("event_types \"{spec}\" contains an empty type"),
+                format!(
+                    "event_types \"{}\" contains an empty type",
+                    errors::shown(spec)
+                ),
                 Some(
                     "List event types separated by commas, e.g. 'invoice,order', or '*' for all."
                         .into(),
@@ -146,7 +149,10 @@ pub fn parse_event_types(spec: &str) -> Vec<String> {
         if RESERVED_TYPES.contains(&t) {
             raise(
                 Code::ERRCODE_INVALID_PARAMETER_VALUE,
-                format!("event type \"{t}\" is reserved for Herald's own events"),
+                format!(
+                    "event type \"{}\" is reserved for Herald's own events",
+                    errors::shown(t)
+                ),
                 Some(if t == "DATA" {
                     "Use herald.add_data_listener() for data-change events.".into()
                 } else {
@@ -193,12 +199,12 @@ pub fn require_queue(queue: &str) -> QueueRef {
         if !event_types::is_admin() {
             raise(
                 Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
-                format!("permission denied for event queue \"{queue}\""),
+                format!("permission denied for event queue \"{}\"", errors::shown(queue)),
                 Some(format!(
                     "An operator may let your role attach listeners to it: UPDATE herald.event_queue \
                      SET listener_roles = listener_roles || {}::regrole WHERE name = {};",
                     pgrx::spi::quote_literal(catalog::role_name(me)),
-                    pgrx::spi::quote_literal(queue)
+                    pgrx::spi::quote_literal(errors::shown(queue))
                 )),
             );
         }
@@ -206,10 +212,10 @@ pub fn require_queue(queue: &str) -> QueueRef {
     let Some((id, running, _)) = found else {
         raise(
             Code::ERRCODE_UNDEFINED_OBJECT,
-            format!("event queue \"{queue}\" does not exist"),
+            format!("event queue \"{}\" does not exist", errors::shown(queue)),
             Some(format!(
                 "Create it first: INSERT INTO herald.event_queue (name, event_run) VALUES ({}, 1);",
-                pgrx::spi::quote_literal(queue)
+                pgrx::spi::quote_literal(errors::shown(queue))
             )),
         );
     };

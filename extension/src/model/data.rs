@@ -1,7 +1,7 @@
 //! What a data listener asks for: per action, how much of the changed row its events show.
 use pgrx::PgSqlErrorCode as Code;
 
-use crate::core::errors::raise;
+use crate::core::errors::{self, raise};
 
 /// A change of a table row (or a TRUNCATE of the table).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -55,11 +55,16 @@ impl DataSpec {
                 None => (part.to_ascii_uppercase(), None),
             };
             if action.is_empty() {
-                bad(format!("the events spec \"{spec}\" has an empty entry"));
+                bad(format!(
+                    "the events spec \"{}\" has an empty entry",
+                    errors::shown(spec)
+                ));
             }
             if seen.contains(&action) {
                 bad(format!(
-                    "action {action} appears twice in the events spec \"{spec}\""
+                    "action {} appears twice in the events spec \"{}\"",
+                    errors::shown(&action),
+                    errors::shown(spec)
                 ));
             }
             seen.push(action.clone());
@@ -67,7 +72,10 @@ impl DataSpec {
                 None => 2,
                 Some(l) => match l.parse::<u8>() {
                     Ok(n) if n <= 3 => n,
-                    _ => bad(format!("level \"{l}\" of {action} must be 0, 1, 2 or 3")),
+                    _ => bad(format!(
+                        "level \"{}\" of {action} must be 0, 1, 2 or 3",
+                        errors::shown(l)
+                    )),
                 },
             };
             match action.as_str() {
@@ -79,11 +87,17 @@ impl DataSpec {
                     1 | 2 => out.truncate = true,
                     _ => bad("TRUNCATE is on (TRUNCATE or TRUNCATE=1) or off (=0)".into()),
                 },
-                other => bad(format!("unknown action \"{other}\" in the events spec")),
+                other => bad(format!(
+                    "unknown action \"{}\" in the events spec",
+                    errors::shown(other)
+                )),
             }
         }
         if out == DataSpec::default() {
-            bad(format!("the events spec \"{spec}\" turns every action off"));
+            bad(format!(
+                "the events spec \"{}\" turns every action off",
+                errors::shown(spec)
+            ));
         }
         out
     }

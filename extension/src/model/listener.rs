@@ -28,7 +28,8 @@ pub struct Listener {
 /// read, or run code the owner may not run. Delivery fails visibly with this error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {
-    /// `42501` (insufficient privilege) or `42704` (undefined object).
+    /// `42501` (insufficient privilege), `42704` (undefined object), `42883` (undefined
+    /// function) or `55000` (object not in prerequisite state).
     pub sqlstate: &'static str,
     pub message: String,
 }
@@ -40,6 +41,7 @@ impl Denial {
         match self.sqlstate {
             "42704" => Code::ERRCODE_UNDEFINED_OBJECT,
             "42883" => Code::ERRCODE_UNDEFINED_FUNCTION,
+            "55000" => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             _ => Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
         }
     }

@@ -8,7 +8,7 @@
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode as Code;
 
-use crate::core::errors::raise;
+use crate::core::errors::{self, raise};
 use crate::core::plans;
 
 mod drain;
@@ -19,7 +19,7 @@ mod wait;
 fn no_such_queue(queue: &str) -> ! {
     raise(
         Code::ERRCODE_UNDEFINED_OBJECT,
-        format!("event queue \"{queue}\" does not exist"),
+        format!("event queue \"{}\" does not exist", errors::shown(queue)),
         Some("SELECT name FROM herald.event_queue; lists the queues.".into()),
     )
 }

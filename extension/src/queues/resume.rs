@@ -19,7 +19,7 @@ fn resume_queue(queue: Option<&str>, action: default!(Option<&str>, "'retry'")) 
     if action != "retry" && action != "skip" {
         raise(
             Code::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("unknown resume action \"{action}\""),
+            format!("unknown resume action \"{}\"", errors::shown(&action)),
             Some("Use 'retry' to handle the held event again or 'skip' to drop it.".into()),
         );
     }
@@ -47,7 +47,7 @@ fn resume_queue(queue: Option<&str>, action: default!(Option<&str>, "'retry'")) 
             ) else {
                 raise(
                     Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                    format!("event queue \"{queue}\" is not held"),
+                    format!("event queue \"{}\" is not held", errors::shown(queue)),
                     Some(
                         "Only a queue in state 'held' can be resumed; see herald.queue_status."
                             .into(),

@@ -97,4 +97,79 @@ mod tests {
         run("SELECT herald.drain('q')");
         assert_eq!(count("SELECT count(*) FROM seen"), 1);
     }
+
+    #[pg_test]
+    fn small_wrong_results_are_right() {
+        fixture();
+        // A renamed schema shows in the next event's source, in the same session.
+        run("CREATE SCHEMA shop");
+        run("CREATE TABLE shop.item (id int PRIMARY KEY, big text)");
+        run("SELECT herald.add_data_listener('shop.item', 'rec', 'INSERT,UPDATE=2,DELETE=1', sync => true)");
+        run("INSERT INTO shop.item VALUES (1, (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 400) g))");
+        run("ALTER SCHEMA shop RENAME TO store");
+        run(
+            "CREATE FUNCTION src(e herald.event) RETURNS void LANGUAGE sql AS
+             $$ INSERT INTO seen (action, details) VALUES (e.source, e.details) $$",
+        );
+        run("SELECT herald.add_data_listener('store.item', 'src', 'INSERT', sync => true)");
+        run("INSERT INTO store.item VALUES (2, 'x')");
+        assert_eq!(
+            count("SELECT count(*) FROM seen WHERE action = 'store.item'"),
+            1
+        );
+        // A value rewritten to itself is no change at level 2.
+        run("DELETE FROM seen");
+        run("UPDATE store.item SET big = big || '' WHERE id = 1");
+        assert_eq!(count("SELECT count(*) FROM seen"), 0);
+        run("UPDATE store.item SET big = big || 'y' WHERE id = 1");
+        assert_eq!(count("SELECT count(*) FROM seen"), 1);
+        // Key-level events of a table that lost its primary key are withheld, with the
+        // reason, not sent with an empty key.
+        run("ALTER TABLE store.item DROP CONSTRAINT item_pkey");
+        run("DELETE FROM store.item WHERE id = 2");
+        assert_eq!(
+            count("SELECT count(*) FROM seen WHERE details = '{\"key\": {}}'"),
+            0
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM herald.event_log WHERE outcome = 'withheld' AND error LIKE '%no primary key any more%'"),
+            1
+        );
+        // Emitted types are trimmed like listener types; so is the reserved-type check.
+        run("DELETE FROM seen");
+        run("SELECT herald.add_event_listener('rec', 'invoice', sync => true)");
+        run("SELECT herald.emit(' invoice ', 'trimmed')");
+        assert_eq!(
+            count("SELECT count(*) FROM seen WHERE action = 'trimmed'"),
+            1
+        );
+        assert_error("SELECT herald.emit('SYSTEM ', 'x')", "reserved");
+        // Queue names: not blank, not huge; claims need a name.
+        assert_error(
+            "INSERT INTO herald.event_queue (name) VALUES ('   ')",
+            "needs a name",
+        );
+        assert_error(
+            "INSERT INTO herald.event_queue (name) VALUES (repeat('q', 5000))",
+            "is too long",
+        );
+        assert_error("SELECT herald.claim_queue(NULL)", "must not be NULL");
+        assert_error("SELECT herald.release_queue(NULL)", "must not be NULL");
+        // A huge argument is not echoed back in full.
+        let err = error_of("SELECT herald.add_event_listener(repeat('h', 1000000), 'x')");
+        assert!(
+            err.len() < 1000,
+            "{} characters: {}",
+            err.len(),
+            &err[..200]
+        );
+        let err =
+            error_of("SELECT herald.add_event_listener('rec', 'x', queue => repeat('q', 1000000))");
+        assert!(
+            err.len() < 1000,
+            "{} characters: {}",
+            err.len(),
+            &err[..200]
+        );
+    }
 }

@@ -123,7 +123,7 @@ impl RowChange {
         Some(unsafe { json::details(self.desc(), &shape.columns, &parts) })
     }
 
-    /// Columns whose old and new values are identical (binary comparison).
+    /// Columns whose old and new values are identical (see `datums_identical`).
     fn unchanged_columns(&self) -> Cols {
         let (Some(old), Some(new)) = (&self.old, &self.new) else {
             return Cols::default();
@@ -149,8 +149,9 @@ impl RowChange {
     }
 }
 
-/// Binary identity of two attribute values (as `datumIsEqual`): an unchanged TOASTed value
-/// keeps the same toast pointer, so it compares identical without being fetched.
+/// Identity of two attribute values: binary first (as `datumIsEqual`: an unchanged TOASTed
+/// value keeps the same toast pointer, so it compares identical without being fetched),
+/// then, for variable-length values stored differently, by their contents.
 ///
 /// # Safety
 /// `a` and `b` are non-NULL values of one attribute with `byval` and `len`.
@@ -177,5 +178,31 @@ unsafe fn datums_identical(a: pg_sys::Datum, b: pg_sys::Datum, byval: bool, len:
     };
     let (sa, sb) = (size(pa), size(pb));
     // SAFETY: each value is `sa`/`sb` bytes long (measured above).
-    sa == sb && unsafe { std::slice::from_raw_parts(pa, sa) == std::slice::from_raw_parts(pb, sb) }
+    let same_bytes = sa == sb
+        && unsafe { std::slice::from_raw_parts(pa, sa) == std::slice::from_raw_parts(pb, sb) };
+    if same_bytes {
+        return true;
+    }
+    if len != -1 {
+        return false;
+    }
+    // The same value may be stored differently: rewritten to itself (`SET big = big || ''`)
+    // it gets a new TOAST pointer, or another compression or header. Compare the values:
+    // first their raw sizes (no fetch), then their bytes.
+    // SAFETY: both are varlena values (len -1); detoasting copies them into the current
+    // memory context (the trigger call's), and the copies are read within their sizes.
+    unsafe {
+        if pg_sys::toast_raw_datum_size(a) != pg_sys::toast_raw_datum_size(b) {
+            return false;
+        }
+        let va = pg_sys::pg_detoast_datum_packed(pa as *mut pg_sys::varlena);
+        let vb = pg_sys::pg_detoast_datum_packed(pb as *mut pg_sys::varlena);
+        let (la, lb) = (
+            pgrx::varlena::varsize_any_exhdr(va),
+            pgrx::varlena::varsize_any_exhdr(vb),
+        );
+        la == lb
+            && std::slice::from_raw_parts(pgrx::varlena::vardata_any(va) as *const u8, la)
+                == std::slice::from_raw_parts(pgrx::varlena::vardata_any(vb) as *const u8, lb)
+    }
 }
