@@ -431,3 +431,20 @@ BEGIN
                        FROM herald.event_queue q WHERE q.name = queue), false);
 END
 $$;
+
+-- Capture triggers of partitioned tables carry the table's oid in their names, so that a
+-- partition can have triggers of its own next to the clones of its parent's.
+DO $$
+DECLARE
+    t record;
+BEGIN
+    FOR t IN SELECT tg.tgname, c.oid, c.oid::regclass AS rel
+               FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid
+              WHERE c.relkind = 'p' AND tg.tgparentid = 0
+                AND tg.tgfoid = 'herald._capture()'::regprocedure
+                AND tg.tgname IN ('herald_capture', 'herald_capture_truncate')
+    LOOP
+        EXECUTE format('ALTER TRIGGER %I ON %s RENAME TO %I', t.tgname, t.rel, t.tgname || '_' || t.oid);
+    END LOOP;
+END
+$$;

@@ -33,7 +33,24 @@ pub struct ClusterOptions {
 
 impl PgCluster {
     /// initdb + start. The directory is removed when the value is dropped.
+    ///
+    /// A free port may be taken by someone else between choosing it and the server binding
+    /// it (tests start clusters in parallel), so a failed start is tried again, on another
+    /// port, twice.
     pub fn start(options: &ClusterOptions) -> Result<Self, ClusterError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::start_once(options) {
+                Err(e) if attempt < 3 => {
+                    eprintln!("herald: starting a private cluster failed ({e}); trying again");
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn start_once(options: &ClusterOptions) -> Result<Self, ClusterError> {
         let bindir = find_bindir().ok_or(ClusterError::NoBinaries)?;
         let run_as = if unsafe { libc::geteuid() } == 0 {
             Some("postgres".to_string())

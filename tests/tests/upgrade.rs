@@ -187,3 +187,99 @@ async fn upgrading_from_every_release_equals_a_fresh_install() {
         assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some("INSERT"));
     }
 }
+
+/// A 0.3.0 database in use (an application's listeners on a queue, a user event type and a
+/// partitioned table, events pending) keeps delivering after `ALTER EXTENSION herald
+/// UPDATE`: the queue allows its listeners' owner, the type is declared and granted, and
+/// the partitioned table's capture trigger gets its new name and captures its partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_database_keeps_delivering() {
+    let (env, admin) = Env::start().await;
+    admin.batch_execute("CREATE DATABASE in_use").await.unwrap();
+    admin.batch_execute("CREATE ROLE app LOGIN").await.unwrap();
+    let db = connect(&env.cluster.url("in_use")).await;
+    db.batch_execute(
+        "CREATE EXTENSION herald VERSION '0.3.0';
+         CREATE SCHEMA app AUTHORIZATION app;
+         GRANT USAGE ON SCHEMA herald TO app;
+         GRANT EXECUTE ON FUNCTION herald.emit(text, text, jsonb),
+               herald.add_event_listener(text, text, text, boolean),
+               herald.add_data_listener(regclass, text, text, text, boolean) TO app;
+         INSERT INTO herald.event_queue (name, event_run) VALUES ('q', 1);",
+    )
+    .await
+    .unwrap();
+    // What the application did under 0.3.0 (its library is gone once the new one is
+    // installed, so the rows are written as 0.3.0 wrote them).
+    db.batch_execute(
+        "CREATE TABLE app.seen (type text, source text, details jsonb);
+         CREATE FUNCTION app.rec(e herald.event) RETURNS void LANGUAGE sql AS
+           $$ INSERT INTO app.seen VALUES (e.type, e.source, e.details) $$;
+         CREATE TABLE app.pt (id int PRIMARY KEY) PARTITION BY RANGE (id);
+         CREATE TABLE app.pt1 PARTITION OF app.pt FOR VALUES FROM (0) TO (100);
+         ALTER TABLE app.seen OWNER TO app; ALTER FUNCTION app.rec(herald.event) OWNER TO app;
+         ALTER TABLE app.pt OWNER TO app;
+         INSERT INTO herald.listener (kind, handler, event_types, queue, owner)
+         VALUES ('event', 'app.rec(herald.event)', '{invoice}', 'q', 'app'),
+                ('data', 'app.rec(herald.event)', '{INSERT=2}', 'q', 'app');
+         UPDATE herald.listener SET tbl = 'app.pt' WHERE kind = 'data';
+         CREATE TRIGGER herald_capture AFTER INSERT OR UPDATE OR DELETE ON app.pt
+             FOR EACH ROW EXECUTE FUNCTION herald._capture();
+         CREATE TRIGGER herald_capture_truncate AFTER TRUNCATE ON app.pt
+             FOR EACH STATEMENT EXECUTE FUNCTION herald._capture();
+         INSERT INTO herald.event (id, queue, type, action, source, listener)
+         SELECT nextval('herald.event_id_seq'), 'q', 'invoice', 'before', 'app', l.id
+           FROM herald.listener l WHERE l.kind = 'event';",
+    )
+    .await
+    .unwrap();
+    // Between installing the new library and updating the database, Herald says what to do.
+    let err = db
+        .batch_execute("SELECT herald.emit('invoice', 'too early')")
+        .await
+        .expect_err("the new library refuses an old schema");
+    assert!(
+        err.as_db_error().is_some_and(|e| e
+            .hint()
+            .is_some_and(|h| h.contains("ALTER EXTENSION herald UPDATE"))),
+        "{err:?}"
+    );
+    let app = connect(&format!(
+        "{} user=app",
+        env.cluster.url("in_use").replace(" user=postgres", "")
+    ))
+    .await;
+    db.batch_execute("ALTER EXTENSION herald UPDATE")
+        .await
+        .unwrap();
+    app.batch_execute("SELECT herald.emit('invoice', 'after'); INSERT INTO app.pt VALUES (1);")
+        .await
+        .unwrap();
+    db.batch_execute("SELECT * FROM herald.drain('q')")
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM app.seen WHERE type = 'invoice'").await,
+        2
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM app.seen WHERE type = 'DATA' AND source = 'app.pt'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'app.pt'::regclass AND tgname = 'herald_capture_' || 'app.pt'::regclass::oid").await,
+        1
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM herald.event_log WHERE outcome = 'withheld'"
+        )
+        .await,
+        0
+    );
+}

@@ -48,14 +48,14 @@ pub fn oids() -> Oids {
                     'herald.listener'::pg_catalog.regclass::pg_catalog.oid,
                     'herald.event'::pg_catalog.regclass::pg_catalog.oid,
                     'herald.session_event'::pg_catalog.regclass::pg_catalog.oid,
-                    e.extnamespace
+                    e.extnamespace, e.extversion
                FROM pg_catalog.pg_extension e
               WHERE e.extname OPERATOR(pg_catalog.=) 'herald'",
             Some(1),
             &[],
         )?;
         if table.is_empty() {
-            return Ok((None, None, None, None, None, None, None));
+            return Ok((None, None, None, None, None, None, None, None));
         }
         let row = table.first();
         Ok::<_, pgrx::spi::SpiError>((
@@ -66,6 +66,7 @@ pub fn oids() -> Oids {
             row.get::<pg_sys::Oid>(5)?,
             row.get::<pg_sys::Oid>(6)?,
             row.get::<pg_sys::Oid>(7)?,
+            row.get::<String>(8)?,
         ))
     }));
     let oids = match row {
@@ -77,7 +78,8 @@ pub fn oids() -> Oids {
             Some(event_rel),
             Some(session_event_rel),
             Some(schema),
-        ) => Oids {
+            Some(version),
+        ) if version == env!("CARGO_PKG_VERSION") => Oids {
             owner,
             event_seq,
             event_type,
@@ -86,6 +88,14 @@ pub fn oids() -> Oids {
             session_event_rel,
             schema,
         },
+        (Some(_), .., Some(version)) => errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "the installed herald library is {} but this database has herald {version}",
+                env!("CARGO_PKG_VERSION")
+            ),
+            Some("Finish the upgrade: ALTER EXTENSION herald UPDATE;".into()),
+        ),
         _ => errors::raise(
             pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "extension \"herald\" is not installed in this database",

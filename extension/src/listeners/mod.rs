@@ -381,7 +381,15 @@ fn remove_listener(id: Option<i64>) {
 /// `herald._invalidate_listeners()`: called by the listener table's statement trigger.
 #[pg_extern(volatile, parallel_unsafe)]
 fn _invalidate_listeners() {
-    let rel = catalog::oids().listener_rel;
+    // Not `catalog::oids()`: this runs from triggers during `ALTER EXTENSION herald UPDATE`
+    // too, when the schema may be of another version than this library.
+    let rel = match catalog::cached() {
+        Some(oids) => oids.listener_rel,
+        None => errors::spi(Spi::get_one::<pg_sys::Oid>(
+            "SELECT 'herald.listener'::pg_catalog.regclass::pg_catalog.oid",
+        ))
+        .unwrap_or(pg_sys::InvalidOid),
+    };
     // SAFETY: queues a relcache invalidation of an existing relation, sent at commit.
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(rel) };
 }

@@ -344,4 +344,81 @@ mod tests {
         ));
         assert_eq!(differ, 0);
     }
+
+    #[pg_test]
+    fn partitioned_tables_capture_every_row_once_with_the_parent_as_source() {
+        fixture();
+        run("CREATE TABLE pt (id int PRIMARY KEY, note text) PARTITION BY RANGE (id)");
+        run("CREATE TABLE pt1 PARTITION OF pt FOR VALUES FROM (0) TO (100)");
+        run("CREATE TABLE pt2 PARTITION OF pt FOR VALUES FROM (100) TO (200)");
+        // A partition's own listener first, then the parent's: no trigger name clash.
+        let own = one::<i64>(
+            "SELECT herald.add_data_listener('pt1', 'rec', 'INSERT,UPDATE,DELETE=1', queue => 'q')",
+        )
+        .unwrap();
+        let parent = one::<i64>(
+            "SELECT herald.add_data_listener('pt', 'rec', 'INSERT,UPDATE,DELETE=1', queue => 'q')",
+        )
+        .unwrap();
+        run("INSERT INTO pt VALUES (1, 'through the parent'), (150, 'other partition')");
+        run("INSERT INTO pt1 VALUES (2, 'directly')");
+        // A partition with another column order, attached after registration.
+        run("CREATE TABLE pt3 (note text, id int NOT NULL)");
+        run("ALTER TABLE pt ATTACH PARTITION pt3 FOR VALUES FROM (200) TO (300)");
+        run("INSERT INTO pt VALUES (250, 'attached later')");
+        run("UPDATE pt SET note = 'moved' WHERE id = 250");
+        run("DELETE FROM pt WHERE id = 250");
+        // Detached: no longer the parent's.
+        run("ALTER TABLE pt DETACH PARTITION pt2");
+        run("INSERT INTO pt2 VALUES (160, 'detached')");
+        run("SELECT herald.drain('q')");
+        assert_eq!(
+            details(parent),
+            vec![
+                "INSERT {\"new\": {\"id\": 1, \"note\": \"through the parent\"}}",
+                "INSERT {\"new\": {\"id\": 150, \"note\": \"other partition\"}}",
+                "INSERT {\"new\": {\"id\": 2, \"note\": \"directly\"}}",
+                "INSERT {\"new\": {\"id\": 250, \"note\": \"attached later\"}}",
+                "UPDATE {\"new\": {\"note\": \"moved\"}, \"old\": {\"note\": \"attached later\"}}",
+                "DELETE {\"key\": {\"id\": 250}}",
+            ]
+        );
+        assert_eq!(
+            details(own),
+            vec![
+                "INSERT {\"new\": {\"id\": 1, \"note\": \"through the parent\"}}",
+                "INSERT {\"new\": {\"id\": 2, \"note\": \"directly\"}}",
+            ]
+        );
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM seen WHERE listener = {parent} AND source = 'public.pt'"
+            )),
+            6
+        );
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM seen WHERE listener = {own} AND source = 'public.pt1'"
+            )),
+            2
+        );
+        // Removing the partition's listener keeps the parent's capture, and the other way.
+        run(&format!("SELECT herald.remove_listener({own})"));
+        run("INSERT INTO pt1 VALUES (3, 'after')");
+        run("SELECT herald.drain('q')");
+        let own =
+            one::<i64>("SELECT herald.add_data_listener('pt1', 'rec', 'INSERT', queue => 'q')")
+                .unwrap();
+        run(&format!("SELECT herald.remove_listener({parent})"));
+        run("INSERT INTO pt1 VALUES (4, 'own only')");
+        run("SELECT herald.drain('q')");
+        assert_eq!(
+            count("SELECT count(*) FROM seen WHERE details->'new'->>'note' = 'after'"),
+            1
+        );
+        assert_eq!(
+            count(&format!("SELECT count(*) FROM seen WHERE listener = {own}")),
+            1
+        );
+    }
 }

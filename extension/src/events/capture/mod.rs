@@ -20,10 +20,15 @@ use crate::model::listener::Source;
 use crate::sessions;
 
 mod json;
+mod partitions;
 mod row;
 mod shapes;
 
-pub use shapes::init;
+/// Hook the capture caches into invalidations (from `_PG_init`).
+pub fn init() {
+    shapes::init();
+    partitions::init();
+}
 
 /// `herald.add_data_listener(tbl, handler, events, queue, sync)`. The SQL signature is
 /// written out to declare `tbl` as `regclass` (its datum is the table's oid).
@@ -277,7 +282,9 @@ pub unsafe extern "C-unwind" fn herald_capture(fcinfo: pg_sys::FunctionCallInfo)
     }
     cache::refresh();
     let set = cache::current();
-    let table_listeners = set.on_table(relid);
+    // SAFETY: the trigger data's trigger is valid for the whole call.
+    let listened = partitions::listened_table(unsafe { &*data.tg_trigger }, relid);
+    let table_listeners = set.on_table(listened);
     if table_listeners.is_empty() {
         return pg_sys::Datum::from(0);
     }
@@ -291,12 +298,25 @@ pub unsafe extern "C-unwind" fn herald_capture(fcinfo: pg_sys::FunctionCallInfo)
     let row = unsafe { RowChange::new(rel, old, new) };
     // SAFETY: `rel` is open.
     let shape = unsafe { shapes::of(rel) };
+    // A partition's row, for a parent's listeners: their columns mapped onto the partition's.
+    let leaf = (listened != relid).then(|| partitions::leaf(listened, relid));
+    let source_name = leaf
+        .as_ref()
+        .map_or(shape.source.as_str(), |l| l.source.as_str());
     // SAFETY: reads the current transaction's start time.
     let created_at = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
     let mut event_id: Option<i64> = None;
     for l in table_listeners.iter() {
         let Source::DataChanges(source) = &l.source else {
             continue;
+        };
+        let translated;
+        let source = match &leaf {
+            Some(leaf) => {
+                translated = leaf.translate(source);
+                &translated
+            }
+            None => source,
         };
         let level = source.spec.level(action);
         if level == 0 {
@@ -311,7 +331,7 @@ pub unsafe extern "C-unwind" fn herald_capture(fcinfo: pg_sys::FunctionCallInfo)
             queue: None,
             r#type: "DATA",
             action: action.name(),
-            source: Some(&shape.source),
+            source: Some(source_name),
             details,
             created_at,
             listener: l.id,
