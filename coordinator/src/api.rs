@@ -35,6 +35,14 @@ fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Whether the connected server is a standby (in recovery, read-only).
+pub async fn in_recovery(client: &Client) -> Result<bool, ApiError> {
+    Ok(client
+        .query_one("SELECT pg_catalog.pg_is_in_recovery()", &[])
+        .await?
+        .get(0))
+}
+
 /// Whether `CREATE EXTENSION herald` has run in the connected database.
 pub async fn extension_installed(client: &Client) -> Result<bool, ApiError> {
     Ok(client

@@ -167,6 +167,92 @@ impl PgCluster {
         Ok(())
     }
 
+    /// Stop the server the way a crash would (`pg_ctl -m immediate`): no checkpoint, sessions
+    /// cut off.
+    pub fn stop_immediate(&mut self) -> Result<(), ClusterError> {
+        let data = self.data_dir();
+        self.pg(
+            "pg_ctl",
+            &["-D", path_str(&data), "-m", "immediate", "-w", "stop"],
+        )?;
+        self.running = false;
+        Ok(())
+    }
+
+    /// Reload the configuration (`pg_ctl reload`).
+    pub fn reload(&self) -> Result<(), ClusterError> {
+        self.pg("pg_ctl", &["-D", path_str(&self.data_dir()), "reload"])
+    }
+
+    /// Append settings to postgresql.conf (take effect at the next reload or start).
+    pub fn configure(&self, settings: &[(&str, &str)]) -> Result<(), ClusterError> {
+        let conf_path = self.data_dir().join("postgresql.conf");
+        let mut conf = std::fs::read_to_string(&conf_path)?;
+        for (k, v) in settings {
+            conf.push_str(&format!("{k} = '{v}'\n"));
+        }
+        std::fs::write(&conf_path, conf)?;
+        Ok(())
+    }
+
+    /// A streaming standby of this server, made with `pg_basebackup -R` and started on its
+    /// own port.
+    pub fn standby(&self) -> Result<PgCluster, ClusterError> {
+        let dir = PathBuf::from(format!("{}-standby", self.dir.display()));
+        std::fs::create_dir_all(&dir)?;
+        let mut standby = PgCluster {
+            dir,
+            port: free_port()?,
+            bindir: self.bindir.clone(),
+            run_as: self.run_as.clone(),
+            running: false,
+        };
+        if let Some(user) = &standby.run_as {
+            run(Command::new("chown").arg(user).arg(&standby.dir), "chown")?;
+        }
+        let data = standby.data_dir();
+        let port = self.port.to_string();
+        standby.pg(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                path_str(&data),
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+            ],
+        )?;
+        let socket_dir = path_str(&standby.dir).to_string();
+        standby.configure(&[
+            ("port", &standby.port.to_string()),
+            ("unix_socket_directories", &socket_dir),
+        ])?;
+        standby.start_server()?;
+        Ok(standby)
+    }
+
+    /// Promote a standby to a primary and wait until it accepts writes.
+    pub fn promote(&self) -> Result<(), ClusterError> {
+        self.pg(
+            "pg_ctl",
+            &[
+                "-D",
+                path_str(&self.data_dir()),
+                "-w",
+                "-t",
+                "60",
+                "promote",
+            ],
+        )
+    }
+
     /// Restart the server.
     pub fn restart(&mut self) -> Result<(), ClusterError> {
         self.stop()?;

@@ -58,7 +58,7 @@ impl Coordinator {
         let mut first = true;
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         while !self.shutdown.is_stopping() {
-            match self.session(first).await {
+            match self.session(first, &mut backoff).await {
                 Ok(()) => break,
                 Err(RunError::NotInstalled) if first => return Err(RunError::NotInstalled),
                 Err(e) => {
@@ -81,13 +81,13 @@ impl Coordinator {
     }
 
     /// One connected period: returns Ok on shutdown, Err when the connection fails.
-    async fn session(&mut self, first: bool) -> Result<(), RunError> {
+    async fn session(&mut self, first: bool, backoff: &mut Backoff) -> Result<(), RunError> {
         let (control, mut notifications) =
             db::connect_listening(&self.config.database, &self.config.node).await?;
         if !api::extension_installed(&control).await? {
             return Err(RunError::NotInstalled);
         }
-        api::listen_for_queue_changes(&control).await?;
+        backoff.reset();
         if first {
             tracing::info!("coordinator started");
         } else {
@@ -96,6 +96,21 @@ impl Coordinator {
         let mut tick = tokio::time::interval(SCAN_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stop = self.shutdown.clone();
+        // A standby is read-only: nothing to drain until it is promoted.
+        if api::in_recovery(&control).await? {
+            tracing::info!("connected to a standby (read-only); idle until it is promoted");
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.stopped() => return Ok(()),
+                }
+                if !api::in_recovery(&control).await? {
+                    tracing::info!("the server was promoted; draining");
+                    break;
+                }
+            }
+        }
+        api::listen_for_queue_changes(&control).await?;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}

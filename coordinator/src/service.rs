@@ -13,13 +13,23 @@ use crate::shutdown::Shutdown;
 /// Exponential back-off between retries: doubles from `initial` up to `max`.
 #[derive(Clone, Debug)]
 pub struct Backoff {
+    initial: Duration,
     max: Duration,
     next: Duration,
 }
 
 impl Backoff {
     pub fn new(initial: Duration, max: Duration) -> Backoff {
-        Backoff { max, next: initial }
+        Backoff {
+            initial,
+            max,
+            next: initial,
+        }
+    }
+
+    /// Start again from the initial delay (after a success).
+    pub fn reset(&mut self) {
+        self.next = self.initial;
     }
 
     /// The delay before the next retry (and double the one after it).

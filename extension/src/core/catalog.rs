@@ -195,6 +195,22 @@ pub fn as_restricted<R>(user: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     result
 }
 
+/// Raise a clear error on a standby server: `what` writes (events, listeners, queue state).
+pub fn require_primary(what: &str) {
+    // SAFETY: reads the shared recovery state (a local flag once recovery has ended).
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            format!("{what} cannot run on a standby server"),
+            Some(
+                "Herald writes events and queue state: connect to the primary, e.g. with \
+                 several hosts and target_session_attrs=read-write."
+                    .into(),
+            ),
+        );
+    }
+}
+
 /// The current user's oid.
 pub fn current_user() -> pg_sys::Oid {
     // SAFETY: reads a backend global.

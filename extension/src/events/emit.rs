@@ -31,6 +31,7 @@ pub extern "C" fn pg_finfo_herald_emit() -> &'static pg_sys::Pg_finfo_record {
 pub unsafe extern "C-unwind" fn herald_emit(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     // SAFETY: fmgr passes a valid call frame holding `nargs` arguments.
     let args = unsafe { (*fcinfo).args.as_slice((*fcinfo).nargs as usize) };
+    catalog::require_primary("herald.emit()");
     let text_arg = |i: usize, what: &str| -> String {
         match args.get(i) {
             Some(a) if !a.isnull => {
@@ -122,6 +123,7 @@ fn add_event_listener(
     sync: default!(Option<bool>, "false"),
 ) -> i64 {
     let handler = errors::required(handler, "handler");
+    catalog::require_primary("herald.add_event_listener()");
     let event_types = errors::required(event_types, "event_types");
     let sync = errors::required(sync, "sync");
     let handler_oid = listeners::resolve_handler(handler);

@@ -140,6 +140,7 @@ COMMENT ON FUNCTION herald.create_event_type(text, regrole) IS
 "#
 )]
 fn create_event_type(name: Option<&str>, owner: Option<pg_sys::Oid>) {
+    catalog::require_primary("herald's event type functions");
     let name = checked_name(name);
     if name == "*" {
         raise(
@@ -193,6 +194,7 @@ fn create_event_type(name: Option<&str>, owner: Option<pg_sys::Oid>) {
 /// their events are withheld until a new grant (and logged as such).
 #[pg_extern(volatile, parallel_unsafe)]
 fn drop_event_type(name: Option<&str>) {
+    catalog::require_primary("herald's event type functions");
     let name = checked_name(name);
     if !require_control(&name) {
         raise(
@@ -222,6 +224,7 @@ COMMENT ON FUNCTION herald.grant_listen(text, regrole) IS
 "#
 )]
 fn grant_listen(event_type: Option<&str>, grantee: Option<pg_sys::Oid>) {
+    catalog::require_primary("herald's event type functions");
     let name = checked_name(event_type);
     let grantee = errors::required(grantee, "grantee");
     let exists = require_control(&name);
@@ -262,6 +265,7 @@ COMMENT ON FUNCTION herald.revoke_listen(text, regrole) IS
 "#
 )]
 fn revoke_listen(event_type: Option<&str>, grantee: Option<pg_sys::Oid>) {
+    catalog::require_primary("herald's event type functions");
     let name = checked_name(event_type);
     let grantee = errors::required(grantee, "grantee");
     require_control(&name);

@@ -307,6 +307,7 @@ pub fn register(handler: pg_sys::Oid, source: NewSource<'_>, delivery: &Delivery
 #[pg_extern(volatile, parallel_unsafe)]
 fn remove_listener(id: Option<i64>) {
     let id = errors::required(id, "listener id");
+    catalog::require_primary("herald.remove_listener()");
     let found = catalog::as_owner(|| {
         errors::spi(Spi::connect_mut(|client| {
             let rows = client.update(

@@ -148,6 +148,7 @@ fn drain(
 > {
     let queue = errors::required(queue, "queue");
     let _drain = Draining::enter();
+    catalog::require_primary("herald.drain()");
     let lookup = catalog::as_owner(|| lookup(queue, node));
     TableIterator::once((
         lookup.state.name().to_string(),

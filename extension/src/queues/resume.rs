@@ -13,6 +13,7 @@ use crate::core::wakeup;
 #[pg_extern(volatile, parallel_unsafe)]
 fn resume_queue(queue: Option<&str>, action: default!(Option<&str>, "'retry'")) -> bool {
     let queue = errors::required(queue, "queue");
+    catalog::require_primary("herald.resume_queue()");
     let action = errors::required(action, "action")
         .trim()
         .to_ascii_lowercase();

@@ -205,6 +205,7 @@ pub unsafe extern "C-unwind" fn herald_next_event(
             );
         }
     }
+    catalog::require_primary("herald.next_event()");
     let owned = owned_listener(listener);
     let deadline = timeout_us.map(|t| {
         std::time::Instant::now() + std::time::Duration::from_micros(t.min(i64::MAX / 2) as u64)

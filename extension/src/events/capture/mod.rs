@@ -53,6 +53,7 @@ fn add_data_listener(
     sync: Option<bool>,
 ) -> i64 {
     let tbl = errors::required(tbl, "table");
+    catalog::require_primary("herald.add_data_listener()");
     let handler = errors::required(handler, "handler");
     let events = errors::required(events, "events");
     let sync = errors::required(sync, "sync");
