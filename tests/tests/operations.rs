@@ -212,3 +212,88 @@ async fn no_event_outlives_its_listener_or_queue() {
         0
     );
 }
+
+/// Writes through a partitioned table and directly into its partitions, while partitions
+/// are attached and detached: each row of the table is captured exactly once, with the
+/// table as source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_attached_and_detached_during_writes() {
+    let (env, admin) = Env::start_with(SETUP).await;
+    admin
+        .batch_execute(
+            "CREATE TABLE got (id int, source text);
+             CREATE FUNCTION got_it(e herald.event) RETURNS void LANGUAGE sql AS
+               $$ INSERT INTO got VALUES ((e.details->'new'->>'id')::int, e.source) $$;
+             CREATE TABLE pt (id int PRIMARY KEY, note text) PARTITION BY RANGE (id);
+             CREATE TABLE p0 PARTITION OF pt FOR VALUES FROM (0) TO (100000);
+             CREATE TABLE p1 PARTITION OF pt FOR VALUES FROM (100000) TO (200000);
+             CREATE TABLE p3 PARTITION OF pt FOR VALUES FROM (300000) TO (400000);
+             INSERT INTO pt SELECT g, 'old' FROM generate_series(300000, 300009) g;
+             SELECT herald.add_data_listener('pt', 'got_it', 'INSERT', queue => 'q');
+             CREATE TABLE pnew (note text, id int NOT NULL);",
+        )
+        .await
+        .unwrap();
+    let writer = |sql: &'static str, from: i32| {
+        let url = env.url();
+        tokio::spawn(async move {
+            let c = connect(&url).await;
+            for i in 0..300 {
+                c.execute(sql, &[&(from + i)]).await.unwrap();
+            }
+        })
+    };
+    let through_parent = writer("INSERT INTO pt VALUES ($1, 'parent')", 0);
+    let direct = writer("INSERT INTO p1 VALUES ($1, 'direct')", 100000);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    admin
+        .batch_execute("ALTER TABLE pt ATTACH PARTITION pnew FOR VALUES FROM (200000) TO (300000)")
+        .await
+        .unwrap();
+    let attached = writer("INSERT INTO pt VALUES ($1, 'attached')", 200000);
+    admin
+        .batch_execute("ALTER TABLE pt DETACH PARTITION p3")
+        .await
+        .unwrap();
+    admin
+        .batch_execute("INSERT INTO p3 VALUES (399999, 'detached')")
+        .await
+        .unwrap();
+    for w in [through_parent, direct, attached] {
+        w.await.unwrap();
+    }
+    let mut c = env.coordinator("c1");
+    wait_for(
+        &admin,
+        "SELECT count(*) = 900 FROM got",
+        60,
+        "every row captured",
+    )
+    .await;
+    assert!(c.terminate().success());
+    assert_eq!(
+        count(
+            &admin,
+            "SELECT count(*) FROM got WHERE source <> 'public.pt'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(&admin, "SELECT count(DISTINCT id) FROM got").await,
+        900,
+        "each row once"
+    );
+    assert_eq!(
+        count(
+            &admin,
+            "SELECT count(*) FROM pt WHERE note <> 'old' AND id NOT IN (SELECT id FROM got)"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(&admin, "SELECT count(*) FROM got WHERE id >= 300000").await,
+        0
+    );
+}
