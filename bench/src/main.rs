@@ -73,9 +73,12 @@ async fn run() -> Result<(), String> {
         .get(0);
     println!("Herald vs pgmq ({version}) on one private PostgreSQL cluster; synchronous_commit=off, {} cores", cores());
 
-    // BENCH_ONLY=emit,drain,latency,capture runs a subset (all by default).
+    // BENCH_ONLY=emit,drain,latency,capture runs a subset (all by default); `scale` (the
+    // limits of docs/scaling.md) runs only when asked for.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    let wanted = |phase: &str| only.is_empty() || only.split(',').any(|p| p.trim() == phase);
+    let wanted = |phase: &str| {
+        (only.is_empty() && phase != "scale") || only.split(',').any(|p| p.trim() == phase)
+    };
 
     // 1. producers
     if wanted("emit") {
@@ -146,6 +149,114 @@ async fn run() -> Result<(), String> {
     if wanted("capture") {
         capture(&cluster, &db, seconds).await?;
     }
+
+    // 5. scale (docs/scaling.md)
+    if wanted("scale") {
+        scale(&cluster, &db, &herald_bin).await?;
+    }
+    Ok(())
+}
+
+/// The limits of one server: many queues drained by several coordinators at once, and bulk
+/// capture. Not a comparison with a peer: figures for docs/scaling.md.
+async fn scale(
+    cluster: &PgCluster,
+    db: &tokio_postgres::Client,
+    herald_bin: &str,
+) -> Result<(), String> {
+    const PER_QUEUE: i32 = 1000;
+    println!("\n5. Many queues, 3 coordinators, a backlog of {PER_QUEUE} events per queue, 10 per lookup:");
+    for queues in [10, 50, 150] {
+        let mut setup = String::from("DELETE FROM herald.event;");
+        for q in 0..queues {
+            setup.push_str(&format!(
+                "INSERT INTO herald.event_queue (name, event_run) VALUES ('s{queues}_{q}', 0);
+                 SELECT herald.add_event_listener('noop', 's{queues}_{q}', queue => 's{queues}_{q}');
+                 SELECT herald.emit('s{queues}_{q}', 'x') FROM generate_series(1, {PER_QUEUE});"
+            ));
+        }
+        db.batch_execute(&setup).await.map_err(pg)?;
+        db.batch_execute("VACUUM ANALYZE herald.event").await.map_err(pg)?;
+        let coordinators: Vec<_> = (0..3)
+            .map(|_| start_coordinator(cluster, herald_bin))
+            .collect::<Result<_, _>>()?;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let started = Instant::now();
+        db.batch_execute(&format!(
+            "UPDATE herald.event_queue SET event_run = 1 WHERE name LIKE 's{queues}\\_%'"
+        ))
+        .await
+        .map_err(pg)?;
+        let total = (queues * PER_QUEUE) as i64;
+        let mut connections = 0i64;
+        loop {
+            let row = db
+                .query_one(
+                    &format!(
+                        "SELECT (SELECT coalesce(sum(handled_count), 0)::int8 FROM herald.queue_state
+                                  WHERE queue LIKE 's{queues}\\_%'),
+                                (SELECT count(*) FROM pg_stat_activity
+                                  WHERE application_name LIKE 'herald/%')"
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(pg)?;
+            let done: i64 = row.get(0);
+            connections = connections.max(row.get(1));
+            if done >= total {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(300) {
+                return Err(format!("{queues} queues: only {done} of {total} handled in 300 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        for c in coordinators {
+            stop(c);
+        }
+        println!(
+            "   {queues:>4} queues: {total:>6} events in {elapsed:>5.2} s = {:>7.0} events/s, {connections} coordinator connections",
+            total as f64 / elapsed
+        );
+        db.batch_execute(&format!(
+            "UPDATE herald.event_queue SET event_run = 0 WHERE name LIKE 's{queues}\\_%'"
+        ))
+        .await
+        .map_err(pg)?;
+    }
+
+    println!("\n6. Bulk capture: one INSERT of 100000 rows (4 columns), best of 3:");
+    db.batch_execute(
+        "CREATE TABLE bulk_plain (id int PRIMARY KEY, customer int, amount numeric, note text);
+         CREATE TABLE bulk_cap (id int PRIMARY KEY, customer int, amount numeric, note text);
+         INSERT INTO herald.event_queue (name) VALUES ('bulk');
+         SELECT herald.add_data_listener('bulk_cap', 'noop', 'INSERT', queue => 'bulk');",
+    )
+    .await
+    .map_err(pg)?;
+    let mut rates = [0f64; 2];
+    for _ in 0..3 {
+        for (i, table) in ["bulk_plain", "bulk_cap"].iter().enumerate() {
+            for sql in [format!("TRUNCATE {table}"), "TRUNCATE herald.event".into()] {
+                db.batch_execute(&sql).await.map_err(pg)?;
+            }
+            let started = Instant::now();
+            db.batch_execute(&format!(
+                "INSERT INTO {table} SELECT g, g % 1000, g * 1.5, 'note ' || g FROM generate_series(1, 100000) g"
+            ))
+            .await
+            .map_err(pg)?;
+            rates[i] = rates[i].max(100000.0 / started.elapsed().as_secs_f64());
+        }
+    }
+    println!("   no listener        {:>9.0} rows/s", rates[0]);
+    println!(
+        "   herald listener    {:>9.0} rows/s   {:.2}x of no listener",
+        rates[1],
+        rates[1] / rates[0]
+    );
     Ok(())
 }
 
