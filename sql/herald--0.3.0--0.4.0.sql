@@ -1,8 +1,14 @@
--- Herald 0.3.0 -> 0.4.0: the layout release. The advisory-lock key spaces are defined once,
--- in Rust, and SQL asks herald._lock_space() for them instead of repeating the number.
--- Listeners edited by hand are checked like registered ones (herald._listener_check), and
--- a queue's id (the key of its drainer lock) can no longer be changed. The privilege
--- model of docs/privileges.md: events withheld from a listener are logged as such.
+-- Herald 0.3.0 -> 0.4.0.
+-- Layout: the advisory-lock key spaces are defined once, in Rust, and SQL asks
+-- herald._lock_space() for them. Listeners edited by hand are checked like registered ones
+-- (herald._listener_check), and a queue's id (the key of its drainer lock) can no longer
+-- be changed.
+-- Privileges (docs/privileges.md): event types with grants, queue listener_roles, events
+-- withheld from listeners whose owners may not have them, roles named by Herald kept from
+-- DROP ROLE.
+-- Operations (docs/operations.md): pg_dump keeps queues, listeners, types, pending events
+-- and the log; queue deletion waits for producers; stricter queue names; capture triggers
+-- of partitioned tables renamed.
 -- tests/tests/upgrade.rs checks that an upgraded database matches a fresh install.
 
 -- complain if the script is sourced in psql rather than via ALTER EXTENSION
@@ -13,50 +19,6 @@ IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c AS 'MODULE_PATHNAME', '_lock_space_wrapper';
 REVOKE ALL ON FUNCTION herald._lock_space(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION herald._lock_space(text) TO PUBLIC;
-
-CREATE OR REPLACE FUNCTION herald.claim_queue(queue text) RETURNS boolean
-LANGUAGE sql STRICT SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce((SELECT pg_try_advisory_lock(herald._lock_space('queue'), q.id)
-                       FROM herald.event_queue q WHERE q.name = queue), false)
-$$;
-
-CREATE OR REPLACE FUNCTION herald.release_queue(queue text) RETURNS boolean
-LANGUAGE sql STRICT SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce((SELECT pg_advisory_unlock(herald._lock_space('queue'), q.id)
-                       FROM herald.event_queue q WHERE q.name = queue), false)
-$$;
-
-CREATE OR REPLACE VIEW herald.queue_status AS
-SELECT q.name,
-       CASE WHEN s.held_event IS NOT NULL THEN 'held'
-            WHEN q.event_run = 1 THEN 'running'
-            ELSE 'stopped' END AS state,
-       q.event_run,
-       q.event_amount_per_lookup,
-       q.event_hold_on_error,
-       q.event_log_level,
-       (SELECT count(*) FROM herald.event e
-         WHERE e.queue = q.name AND e.id >= s.scan_from) AS backlog,
-       (SELECT min(e.created_at) FROM herald.event e
-         WHERE e.queue = q.name AND e.id >= s.scan_from) AS oldest_event_at,
-       (SELECT a.application_name
-          FROM pg_catalog.pg_locks l
-          JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
-         WHERE l.locktype = 'advisory' AND l.granted
-           AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
-                              WHERE d.datname = pg_catalog.current_database())
-           AND l.classid = herald._lock_space('queue')::oid AND l.objid = q.id::oid AND l.objsubid = 2
-         LIMIT 1) AS drainer,
-       s.drained_by,
-       s.last_lookup_at,
-       s.held_event,
-       s.last_error,
-       s.last_error_at,
-       s.handled_count,
-       s.failed_count,
-       s.skipped_count
-  FROM herald.event_queue q
-  JOIN herald.queue_state s ON s.queue = q.name;
 
 -- A listener edited by hand must still name a valid handler: drain calls it with a
 -- herald.event, and a function of another signature would be called with the wrong
@@ -83,66 +45,6 @@ CREATE TRIGGER listener_check
 
 -- functions are not open to PUBLIC (as in a fresh install)
 REVOKE ALL ON FUNCTION herald._listener_check() FROM PUBLIC;
-
-CREATE OR REPLACE FUNCTION herald._event_queue_check() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF TG_OP = 'DELETE' THEN
-        IF EXISTS (SELECT 1 FROM herald.listener l WHERE l.queue = OLD.name) THEN
-            RAISE EXCEPTION 'event queue "%" still has listeners', OLD.name
-                USING ERRCODE = 'dependent_objects_still_exist',
-                      HINT = 'Remove them first: SELECT herald.remove_listener(id) FROM herald.listener WHERE queue = '
-                             || quote_literal(OLD.name) || ';';
-        END IF;
-        RETURN OLD;
-    END IF;
-    IF TG_OP = 'UPDATE' AND NEW.name IS DISTINCT FROM OLD.name THEN
-        RAISE EXCEPTION 'event queue "%" cannot be renamed', OLD.name
-            USING ERRCODE = 'feature_not_supported',
-                  HINT = 'Create a queue with the new name and register the listeners on it.';
-    END IF;
-    IF TG_OP = 'UPDATE' AND NEW.id IS DISTINCT FROM OLD.id THEN
-        RAISE EXCEPTION 'the id of event queue "%" cannot be changed', OLD.name
-            USING ERRCODE = 'feature_not_supported',
-                  HINT = 'It keys the queue''s drainer lock: a new id would let a second coordinator drain the queue.';
-    END IF;
-    IF NEW.name IS NULL OR NEW.name = '' THEN
-        RAISE EXCEPTION 'an event queue needs a name'
-            USING ERRCODE = 'not_null_violation',
-                  HINT = 'INSERT INTO herald.event_queue (name) VALUES (''MyEventQueue'');';
-    END IF;
-    IF NEW.event_amount_per_lookup IS NULL OR NEW.event_amount_per_lookup NOT BETWEEN 1 AND 10000 THEN
-        RAISE EXCEPTION 'event_amount_per_lookup of queue "%" must be between 1 and 10000, not %',
-                NEW.name, coalesce(NEW.event_amount_per_lookup::text, 'NULL')
-            USING ERRCODE = 'check_violation',
-                  HINT = 'It is how many events one lookup reads and handles; the default is 10.';
-    END IF;
-    IF NEW.event_hold_on_error IS NULL OR NEW.event_hold_on_error NOT IN (0, 1) THEN
-        RAISE EXCEPTION 'event_hold_on_error of queue "%" must be 0 or 1, not %',
-                NEW.name, coalesce(NEW.event_hold_on_error::text, 'NULL')
-            USING ERRCODE = 'check_violation',
-                  HINT = '0 records a failure and goes on; 1 holds the queue at the failing event.';
-    END IF;
-    IF NEW.event_log_level IS NULL OR NEW.event_log_level NOT BETWEEN 0 AND 3 THEN
-        RAISE EXCEPTION 'event_log_level of queue "%" must be between 0 and 3, not %',
-                NEW.name, coalesce(NEW.event_log_level::text, 'NULL')
-            USING ERRCODE = 'check_violation',
-                  HINT = '0: nothing, 1: failures, 2: every handled event, 3: with details.';
-    END IF;
-    IF NEW.event_run IS NULL OR NEW.event_run NOT IN (0, 1) THEN
-        RAISE EXCEPTION 'event_run of queue "%" must be 0 (stopped) or 1 (running), not %',
-                NEW.name, coalesce(NEW.event_run::text, 'NULL')
-            USING ERRCODE = 'check_violation';
-    END IF;
-    IF TG_OP = 'INSERT' AND EXISTS (SELECT 1 FROM herald.event_queue q WHERE q.name = NEW.name) THEN
-        RAISE EXCEPTION 'event queue "%" already exists', NEW.name
-            USING ERRCODE = 'unique_violation',
-                  HINT = 'Change its settings with UPDATE herald.event_queue SET ... WHERE name = '
-                         || quote_literal(NEW.name) || ';';
-    END IF;
-    RETURN NEW;
-END
-$$;
 
 -- Events withheld from a listener whose owner may no longer read them are logged as such.
 ALTER TABLE herald.event_log DROP CONSTRAINT event_log_outcome;
@@ -311,7 +213,8 @@ SELECT pg_catalog.pg_extension_config_dump('herald.event_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('herald.event_log', '');
 SELECT pg_catalog.pg_extension_config_dump('herald.event_log_id_seq', '');
 
--- A queue whose state row is missing (restored with triggers disabled) still shows.
+-- queue_status finds the drainer lock through herald._lock_space(), and shows a queue whose
+-- state row is missing (restored with triggers disabled).
 CREATE OR REPLACE VIEW herald.queue_status AS
 SELECT q.name,
        CASE WHEN s.held_event IS NOT NULL THEN 'held'
@@ -345,8 +248,9 @@ SELECT q.name,
   -- LEFT: a queue restored with triggers disabled gets its state row at its first lookup.
   LEFT JOIN herald.queue_state s ON s.queue = q.name;
 
--- Queue names: not only spaces, at most 63 characters (new queues); claim and release
--- refuse NULL instead of returning it.
+-- Queue settings: the id can no longer be changed; names are not blank and have at most 63
+-- characters (new queues). Claim and release use herald._lock_space() and refuse NULL
+-- instead of returning it.
 CREATE OR REPLACE FUNCTION herald._event_queue_check() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN

@@ -176,7 +176,9 @@ async fn scale(
             ));
         }
         db.batch_execute(&setup).await.map_err(pg)?;
-        db.batch_execute("VACUUM ANALYZE herald.event").await.map_err(pg)?;
+        db.batch_execute("VACUUM ANALYZE herald.event")
+            .await
+            .map_err(pg)?;
         let coordinators: Vec<_> = (0..3)
             .map(|_| start_coordinator(cluster, herald_bin))
             .collect::<Result<_, _>>()?;
@@ -208,7 +210,9 @@ async fn scale(
                 break;
             }
             if started.elapsed() > Duration::from_secs(300) {
-                return Err(format!("{queues} queues: only {done} of {total} handled in 300 s"));
+                return Err(format!(
+                    "{queues} queues: only {done} of {total} handled in 300 s"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -101,6 +101,15 @@ impl World {
         }
     }
 
+    /// One lookup of other_app's queue, by the coordinator's login.
+    async fn drain_other_queue(&self) {
+        ok(
+            &self.coordinator,
+            "SELECT * FROM herald.drain('other_queue', 'c1')",
+        )
+        .await;
+    }
+
     /// Nothing gained: other_app is no superuser, no member of herald_app, and its loot holds
     /// only what it could read with plain SQL (rows of `ran_as = other_app`; no margin).
     async fn assert_nothing_gained(&self) {
@@ -344,11 +353,7 @@ async fn events_never_show_what_plain_sql_would_not() {
     )
     .await;
     ok(&w.app, "INSERT INTO app.orders VALUES (1, 'acme', 100, 30)").await;
-    ok(
-        &w.coordinator,
-        "SELECT * FROM herald.drain('other_queue', 'c1')",
-    )
-    .await;
+    w.drain_other_queue().await;
     assert_eq!(
         count(&w.admin, "SELECT count(*) FROM other.loot WHERE details = '{\"new\": {\"id\": 1, \"customer\": \"acme\"}}'").await,
         1
@@ -356,11 +361,7 @@ async fn events_never_show_what_plain_sql_would_not() {
     ok(&w.app, "REVOKE SELECT (id) ON app.orders FROM other_app").await;
     ok(&w.app, "DELETE FROM app.orders WHERE id = 1").await;
     ok(&w.app, "INSERT INTO app.orders VALUES (2, 'bolt', 200, 60)").await;
-    ok(
-        &w.coordinator,
-        "SELECT * FROM herald.drain('other_queue', 'c1')",
-    )
-    .await;
+    w.drain_other_queue().await;
     assert_eq!(
         count(&w.admin, "SELECT count(*) FROM other.loot WHERE details::text LIKE '%\"id\"%' AND details::text NOT LIKE '%acme%'").await,
         0,
@@ -379,11 +380,7 @@ async fn events_never_show_what_plain_sql_would_not() {
     ok(&w.app, "REVOKE ALL ON app.orders FROM other_app").await;
     ok(&w.app, "INSERT INTO app.orders VALUES (3, 'crux', 300, 90)").await;
     ok(&w.app, "UPDATE app.orders SET amount = 1").await;
-    ok(
-        &w.coordinator,
-        "SELECT * FROM herald.drain('other_queue', 'c1')",
-    )
-    .await;
+    w.drain_other_queue().await;
     assert_eq!(
         count(
             &w.admin,
@@ -409,22 +406,14 @@ async fn events_never_show_what_plain_sql_would_not() {
         "INSERT INTO app.orders VALUES (4, 'dyne', 400, 120)",
     )
     .await;
-    ok(
-        &w.coordinator,
-        "SELECT * FROM herald.drain('other_queue', 'c1')",
-    )
-    .await;
+    w.drain_other_queue().await;
     ok(&w.admin, "REVOKE order_readers FROM other_app").await;
     ok(
         &w.app,
         "INSERT INTO app.orders VALUES (5, 'echo', 500, 150)",
     )
     .await;
-    ok(
-        &w.coordinator,
-        "SELECT * FROM herald.drain('other_queue', 'c1')",
-    )
-    .await;
+    w.drain_other_queue().await;
     assert_eq!(
         count(
             &w.admin,
@@ -469,11 +458,7 @@ async fn events_never_show_what_plain_sql_would_not() {
         "INSERT INTO app.private VALUES (1, 'herald_app', 'diary')",
     )
     .await;
-    ok(
-        &w.coordinator,
-        "SELECT * FROM herald.drain('other_queue', 'c1')",
-    )
-    .await;
+    w.drain_other_queue().await;
     let visible = count(&w.other, "SELECT count(*) FROM app.private").await;
     assert_eq!(visible, 0, "plain SQL shows other_app no row");
     assert_eq!(
@@ -513,22 +498,14 @@ async fn events_never_show_what_plain_sql_would_not() {
     )
     .await;
     ok(&w.app, "SELECT herald.emit('invoice', 'one', '{\"n\": 1}')").await;
-    ok(
-        &w.coordinator,
-        "SELECT * FROM herald.drain('other_queue', 'c1')",
-    )
-    .await;
+    w.drain_other_queue().await;
     ok(
         &w.app,
         "SELECT herald.revoke_listen('invoice', 'other_app')",
     )
     .await;
     ok(&w.app, "SELECT herald.emit('invoice', 'two', '{\"n\": 2}')").await;
-    ok(
-        &w.coordinator,
-        "SELECT * FROM herald.drain('other_queue', 'c1')",
-    )
-    .await;
+    w.drain_other_queue().await;
     assert_eq!(
         count(
             &w.admin,

@@ -138,6 +138,7 @@ async fn listeners_come_and_go_while_others_write() {
         }));
     }
     for _ in 0..5 {
+        let before = count(&db, "SELECT count(*) FROM seen2").await;
         let id: i64 = db
             .query_one(
                 "SELECT herald.add_data_listener('stock', 'second', queue => 'stock')",
@@ -146,7 +147,14 @@ async fn listeners_come_and_go_while_others_write() {
             .await
             .unwrap()
             .get(0);
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // Live until the listener has had changes handled (writers keep writing).
+        wait_for(
+            &db,
+            &format!("SELECT count(*) > {before} FROM seen2"),
+            30,
+            "the temporary listener receives changes",
+        )
+        .await;
         db.execute("SELECT herald.remove_listener($1)", &[&id])
             .await
             .unwrap();
