@@ -165,27 +165,28 @@ async fn scale(
     herald_bin: &str,
 ) -> Result<(), String> {
     const PER_QUEUE: i32 = 1000;
-    println!("\n5. Many queues, 3 coordinators, a backlog of {PER_QUEUE} events per queue, 10 per lookup:");
-    for queues in [10, 50, 150] {
+    println!("\n5. Many queues, several coordinators, a backlog of {PER_QUEUE} events per queue, 10 per lookup:");
+    for (queues, coordinator_count) in [(10, 3), (50, 1), (50, 3), (50, 6), (150, 3)] {
+        let run = format!("s{queues}c{coordinator_count}");
         let mut setup = String::from("DELETE FROM herald.event;");
         for q in 0..queues {
             setup.push_str(&format!(
-                "INSERT INTO herald.event_queue (name, event_run) VALUES ('s{queues}_{q}', 0);
-                 SELECT herald.add_event_listener('noop', 's{queues}_{q}', queue => 's{queues}_{q}');
-                 SELECT herald.emit('s{queues}_{q}', 'x') FROM generate_series(1, {PER_QUEUE});"
+                "INSERT INTO herald.event_queue (name, event_run) VALUES ('{run}_{q}', 0);
+                 SELECT herald.add_event_listener('noop', '{run}_{q}', queue => '{run}_{q}');
+                 SELECT herald.emit('{run}_{q}', 'x') FROM generate_series(1, {PER_QUEUE});"
             ));
         }
         db.batch_execute(&setup).await.map_err(pg)?;
         db.batch_execute("VACUUM ANALYZE herald.event")
             .await
             .map_err(pg)?;
-        let coordinators: Vec<_> = (0..3)
+        let coordinators: Vec<_> = (0..coordinator_count)
             .map(|_| start_coordinator(cluster, herald_bin))
             .collect::<Result<_, _>>()?;
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let started = Instant::now();
         db.batch_execute(&format!(
-            "UPDATE herald.event_queue SET event_run = 1 WHERE name LIKE 's{queues}\\_%'"
+            "UPDATE herald.event_queue SET event_run = 1 WHERE name LIKE '{run}\\_%'"
         ))
         .await
         .map_err(pg)?;
@@ -196,7 +197,7 @@ async fn scale(
                 .query_one(
                     &format!(
                         "SELECT (SELECT coalesce(sum(handled_count), 0)::int8 FROM herald.queue_state
-                                  WHERE queue LIKE 's{queues}\\_%'),
+                                  WHERE queue LIKE '{run}\\_%'),
                                 (SELECT count(*) FROM pg_stat_activity
                                   WHERE application_name LIKE 'herald/%')"
                     ),
@@ -221,11 +222,11 @@ async fn scale(
             stop(c);
         }
         println!(
-            "   {queues:>4} queues: {total:>6} events in {elapsed:>5.2} s = {:>7.0} events/s, {connections} coordinator connections",
+            "   {queues:>4} queues, {coordinator_count} coordinators: {total:>6} events in {elapsed:>5.2} s = {:>7.0} events/s, {connections} coordinator connections",
             total as f64 / elapsed
         );
         db.batch_execute(&format!(
-            "UPDATE herald.event_queue SET event_run = 0 WHERE name LIKE 's{queues}\\_%'"
+            "UPDATE herald.event_queue SET event_run = 0 WHERE name LIKE '{run}\\_%'"
         ))
         .await
         .map_err(pg)?;
