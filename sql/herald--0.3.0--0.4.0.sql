@@ -177,13 +177,18 @@ REVOKE ALL ON FUNCTION herald._role_references(), herald._sync_role_references()
 -- Grant the marker to every role named today.
 UPDATE herald.event_queue SET listener_roles = listener_roles WHERE false;
 
--- Deleting a queue waits for producers that may still commit events into it.
+-- Deleting a queue waits for producers that may still commit events into it (without
+-- making new producers wait behind it).
+CREATE FUNCTION herald._wait_for_producers(queue_id integer) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', '_wait_for_producers_wrapper';
+REVOKE ALL ON FUNCTION herald._wait_for_producers(integer) FROM PUBLIC;
 CREATE OR REPLACE FUNCTION herald._event_queue_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF TG_OP = 'DELETE' THEN
         -- Wait for producers that may still commit events into the queue, then drop them.
-        PERFORM pg_advisory_xact_lock(herald._lock_space('producers'), OLD.id);
+        PERFORM herald._wait_for_producers(OLD.id);
         DELETE FROM herald.event e WHERE e.queue = OLD.name;
         PERFORM pg_notify('herald_queues', OLD.name);
         RETURN OLD;

@@ -78,6 +78,7 @@ extension_sql_file!(
     requires = [
         "sessions_schema",
         queues::wait::_wake_queue,
+        queues::wait::_wait_for_producers,
         listeners::_invalidate_listeners,
         core::advisory::_lock_space
     ]

@@ -80,7 +80,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF TG_OP = 'DELETE' THEN
         -- Wait for producers that may still commit events into the queue, then drop them.
-        PERFORM pg_advisory_xact_lock(herald._lock_space('producers'), OLD.id);
+        PERFORM herald._wait_for_producers(OLD.id);
         DELETE FROM herald.event e WHERE e.queue = OLD.name;
         PERFORM pg_notify('herald_queues', OLD.name);
         RETURN OLD;

@@ -75,6 +75,29 @@ impl KeySpace {
         result == pg_sys::LockAcquireResult::LOCKACQUIRE_OK
     }
 
+    /// Take lock `key` of this space exclusively until the end of the transaction, without
+    /// queueing ahead of new shared requests: wait for the transactions holding it now to
+    /// end (`WaitForLockers`, as `CREATE INDEX CONCURRENTLY` does), then take it when it is
+    /// free. A queued exclusive request would make every new shared request wait behind it;
+    /// a producer waiting there while holding a row lock another producer waits for would
+    /// close a deadlock. After many rounds without a free moment it queues after all.
+    pub fn lock_exclusive_between_holders(self, key: i32) {
+        let tag = self.tag(key);
+        let mode = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
+        for _ in 0..100 {
+            // SAFETY: a conditional transaction-level lock with a valid tag.
+            let result = unsafe { pg_sys::LockAcquire(&tag, mode, false, true) };
+            if result != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL {
+                return;
+            }
+            // SAFETY: waits for the transactions that hold a conflicting lock now (not for
+            // later ones); cancellable like any lock wait.
+            unsafe { pg_sys::WaitForLockers(tag, mode, false) };
+            pg_sys::check_for_interrupts!();
+        }
+        self.lock_for_transaction(key, pg_sys::ExclusiveLock);
+    }
+
     /// Take lock `key` of this space until the end of the transaction, without waiting, as
     /// `pg_try_advisory_xact_lock(space, key)` does. False if another session holds it.
     pub fn try_lock_for_transaction(self, key: i32) -> bool {

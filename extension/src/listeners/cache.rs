@@ -10,7 +10,7 @@
 //! checked when the set is loaded, and so again from the first statement after any change
 //! that could alter them.
 use pgrx::prelude::*;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
@@ -82,6 +82,8 @@ impl ListenerSet {
 
 thread_local! {
     static CACHE: RefCell<Option<Rc<ListenerSet>>> = const { RefCell::new(None) };
+    /// Moves on with every invalidation that concerns the listener set.
+    static GENERATION: Cell<u64> = const { Cell::new(0) };
     /// Tables with data listeners: DDL on them (columns, privileges) invalidates the cache.
     static CAPTURED: RefCell<HashSet<pg_sys::Oid>> = RefCell::new(HashSet::new());
 }
@@ -102,6 +104,7 @@ pub fn concerns_listeners(scope: Scope) -> bool {
 pub fn init() {
     invalidation::register(|scope| {
         if concerns_listeners(scope) {
+            GENERATION.with(|g| g.set(g.get().wrapping_add(1)));
             CACHE.with(|c| {
                 if let Ok(mut c) = c.try_borrow_mut() {
                     *c = None;
@@ -112,13 +115,27 @@ pub fn init() {
 }
 
 /// The current listener set, loading it if needed.
+///
+/// An invalidation can arrive while the set is being loaded (the load's own queries take
+/// locks, which takes in pending invalidations), after the load's snapshot was taken: the
+/// set just read may then miss the change. Each invalidation moves the generation on; a
+/// set loaded across a move is used for this call but not kept, and the next call loads
+/// again.
 pub fn current() -> Rc<ListenerSet> {
     if let Some(set) = CACHE.with(|c| c.borrow().clone()) {
         return set;
     }
-    let set = Rc::new(load());
-    CACHE.with(|c| *c.borrow_mut() = Some(set.clone()));
-    set
+    let mut set = None;
+    for _ in 0..3 {
+        let before = GENERATION.with(|g| g.get());
+        let loaded = Rc::new(load());
+        if GENERATION.with(|g| g.get()) == before {
+            CACHE.with(|c| *c.borrow_mut() = Some(loaded.clone()));
+            return loaded;
+        }
+        set = Some(loaded);
+    }
+    set.expect("loaded at least once")
 }
 
 /// Make the listener set current: take in the invalidations other sessions committed

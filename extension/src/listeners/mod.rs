@@ -352,7 +352,7 @@ fn remove_listener(id: Option<i64>) {
     if let Some(queue_id) = queue_id {
         // Wait for the producers that may still commit events for this listener (see
         // events::delivery::enqueue); the DELETE below then sees their events.
-        KeySpace::QueueProducers.lock_for_transaction(queue_id, pg_sys::ExclusiveLock);
+        KeySpace::QueueProducers.lock_exclusive_between_holders(queue_id);
     }
     catalog::as_owner(|| {
         errors::spi(Spi::run_with_args(

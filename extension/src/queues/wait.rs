@@ -60,3 +60,11 @@ fn has_work(queue: &str) -> bool {
 fn _wake_queue(queue_id: i32) {
     wakeup::wake_holders_at_commit(KeySpace::QueueDrainer, queue_id);
 }
+
+/// `herald._wait_for_producers(queue_id)`: before a queue is deleted, wait for the
+/// producers that may still commit events into it (see `delivery::enqueue`), without
+/// making new producers wait behind the deletion.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _wait_for_producers(queue_id: i32) {
+    KeySpace::QueueProducers.lock_exclusive_between_holders(queue_id);
+}
