@@ -13,8 +13,10 @@
 //! 4. [`listeners`]: registering and removing listeners, the per-backend listener cache,
 //!    capture triggers' existence
 //! 5. [`sessions`]: session listeners (`herald.next_event`), clean-up at session end
-//! 6. areas, which never use each other: [`events`] (emit, capture, delivery, storage) and
-//!    [`queues`] (drain, wait, resume); jobs, reports, locks and monitor come next
+//! 6. [`delivery`]: one event to every listener of its type (queue, session or handler
+//!    now), event-row storage; shared by user events and every area's system events
+//! 7. areas, which never use each other: [`events`] (emit, capture) and [`queues`] (drain,
+//!    wait, resume); jobs, reports, locks and monitor come next
 //!
 //! SQL data definition lives in `sql/<area>/`, loaded in the order declared below.
 //!
@@ -37,6 +39,7 @@
 use pgrx::prelude::*;
 
 pub mod core;
+pub mod delivery;
 pub mod events;
 pub mod handlers;
 pub mod listeners;
@@ -95,6 +98,7 @@ extension_sql_file!("../../sql/privileges.sql", name = "privileges", finalize);
 pub extern "C-unwind" fn _PG_init() {
     handlers::init();
     listeners::cache::init();
+    delivery::init();
     events::init();
 }
 

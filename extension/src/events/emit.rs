@@ -7,11 +7,10 @@
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode as Code;
 
-use super::delivery;
 use crate::core::catalog;
 use crate::core::errors::{self, raise};
-use crate::listeners::{self, cache, NewSource};
-use crate::model::event::EventRow;
+use crate::delivery;
+use crate::listeners::{self, NewSource};
 use crate::model::listener::RESERVED_TYPES;
 use crate::sessions;
 
@@ -78,39 +77,8 @@ pub unsafe extern "C-unwind" fn herald_emit(fcinfo: pg_sys::FunctionCallInfo) ->
 
 /// Deliver one user event to every listener of its type; returns the event id.
 pub fn emit(r#type: &str, action: &str, details: pg_sys::Datum) -> i64 {
-    cache::refresh();
-    let listeners = cache::current().matching(r#type);
-    if listeners.iter().any(|l| l.delivery.queue().is_some()) {
-        // The transaction id comes before the event id: drainers rely on it to know when no
-        // smaller event id can appear any more (see queues::floor).
-        // SAFETY: assigns the top transaction's xid (raises only outside a transaction,
-        // which a function call never is).
-        unsafe { pg_sys::GetTopTransactionId() };
-    }
-    let id = delivery::next_event_id();
-    if listeners.is_empty() {
-        return id;
-    }
     let source = catalog::role_name(catalog::current_user());
-    let event = EventRow {
-        id,
-        queue: None,
-        r#type,
-        action,
-        source: Some(&source),
-        details,
-        // SAFETY: reads the current transaction's start time.
-        created_at: unsafe { pg_sys::GetCurrentTransactionStartTimestamp() },
-        listener: 0,
-    };
-    // Stored deliveries first, then synchronous handlers (which may emit events themselves).
-    for l in listeners.iter().filter(|l| !l.delivery.is_sync()) {
-        delivery::deliver(&event, l);
-    }
-    for l in listeners.iter().filter(|l| l.delivery.is_sync()) {
-        delivery::deliver(&event, l);
-    }
-    id
+    delivery::publish(r#type, action, &source, details)
 }
 
 /// `herald.add_event_listener(handler, event_types, queue, sync)`: listen to user events

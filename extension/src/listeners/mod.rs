@@ -351,7 +351,7 @@ fn remove_listener(id: Option<i64>) {
     }
     if let Some(queue_id) = queue_id {
         // Wait for the producers that may still commit events for this listener (see
-        // events::delivery::enqueue); the DELETE below then sees their events.
+        // delivery::enqueue); the DELETE below then sees their events.
         KeySpace::QueueProducers.lock_exclusive_between_holders(queue_id);
     }
     catalog::as_owner(|| {

@@ -10,9 +10,9 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode as Code;
 
 use self::row::RowChange;
-use super::delivery;
 use crate::core::catalog;
 use crate::core::errors::{self, raise};
+use crate::delivery;
 use crate::listeners::{self, cache, NewSource};
 use crate::model::data::{Action, DataSpec};
 use crate::model::event::EventRow;

@@ -1,8 +1,14 @@
-//! Delivering one event to one listener, the way the listener asked for: stored in its
-//! queue, stored for its session, or handled at once in the producing transaction.
+//! Delivering events to listeners, the way each listener asked for: stored in its queue,
+//! stored for its session, or handled at once in the producing transaction.
+//!
+//! This layer knows events and listeners but no area: user events (`events::emit`),
+//! data-change capture and the system events of jobs (and later reports and locks) all
+//! come here.
+//! - [`publish`]: one event to every listener of its type
+//! - [`deliver`]: one event to one listener
+//! - [`store`]: event rows inserted directly into Herald's event tables
 use pgrx::prelude::*;
 
-use super::store;
 use crate::core::advisory::KeySpace;
 use crate::core::catalog;
 use crate::core::errors;
@@ -12,6 +18,50 @@ use crate::handlers::{self, HandlerError};
 use crate::listeners::cache;
 use crate::model::event::EventRow;
 use crate::model::listener::{Delivery, Denial, Listener, QueueRef};
+
+pub mod store;
+
+/// Hook the event-row layouts into relcache invalidations (from `_PG_init`).
+pub fn init() {
+    store::init();
+}
+
+/// Deliver one event to every listener of its type (user events and system events); returns
+/// the event id. `source` is who or what produced it: a role, a node, a job.
+pub fn publish(r#type: &str, action: &str, source: &str, details: pg_sys::Datum) -> i64 {
+    cache::refresh();
+    let listeners = cache::current().matching(r#type);
+    if listeners.iter().any(|l| l.delivery.queue().is_some()) {
+        // The transaction id comes before the event id: drainers rely on it to know when no
+        // smaller event id can appear any more (see queues::floor).
+        // SAFETY: assigns the top transaction's xid (raises only outside a transaction,
+        // which a function call never is).
+        unsafe { pg_sys::GetTopTransactionId() };
+    }
+    let id = next_event_id();
+    if listeners.is_empty() {
+        return id;
+    }
+    let event = EventRow {
+        id,
+        queue: None,
+        r#type,
+        action,
+        source: Some(source),
+        details,
+        // SAFETY: reads the current transaction's start time.
+        created_at: unsafe { pg_sys::GetCurrentTransactionStartTimestamp() },
+        listener: 0,
+    };
+    // Stored deliveries first, then synchronous handlers (which may emit events themselves).
+    for l in listeners.iter().filter(|l| !l.delivery.is_sync()) {
+        deliver(&event, l);
+    }
+    for l in listeners.iter().filter(|l| l.delivery.is_sync()) {
+        deliver(&event, l);
+    }
+    id
+}
 
 /// Deliver one event to one listener, unless its owner may not have it now (see
 /// [`Listener::denied`]): then the event is withheld from it, with a WARNING to the
