@@ -15,8 +15,9 @@
 //! 5. [`sessions`]: session listeners (`herald.next_event`), clean-up at session end
 //! 6. [`delivery`]: one event to every listener of its type (queue, session or handler
 //!    now), event-row storage; shared by user events and every area's system events
-//! 7. areas, which never use each other: [`events`] (emit, capture) and [`queues`] (drain,
-//!    wait, resume); jobs, reports, locks and monitor come next
+//! 7. areas, which never use each other: [`events`] (emit, capture, system listeners),
+//!    [`queues`] (drain, wait, resume) and [`jobs`] (types, classes, the lifecycle, claims,
+//!    alerts); reports, locks and monitor come next
 //!
 //! SQL data definition lives in `sql/<area>/`, loaded in the order declared below.
 //!
@@ -42,6 +43,7 @@ pub mod core;
 pub mod delivery;
 pub mod events;
 pub mod handlers;
+pub mod jobs;
 pub mod listeners;
 pub mod model;
 pub mod queues;
@@ -76,10 +78,15 @@ extension_sql_file!(
     requires = ["events_schema"]
 );
 extension_sql_file!(
+    "../../sql/jobs/schema.sql",
+    name = "jobs_schema",
+    requires = ["sessions_schema"]
+);
+extension_sql_file!(
     "../../sql/queues/triggers.sql",
     name = "queues_triggers",
     requires = [
-        "sessions_schema",
+        "jobs_schema",
         queues::wait::_wake_queue,
         queues::wait::_wait_for_producers,
         listeners::_invalidate_listeners,

@@ -20,6 +20,17 @@ GRANT EXECUTE ON FUNCTION herald.create_event_type(text, regrole),
                           herald.grant_listen(text, regrole),
                           herald.revoke_listen(text, regrole) TO herald_app;
 GRANT SELECT ON herald.listener, herald.event_type TO herald_app;
+--    Jobs: a role that creates a job type owns it (its target and hooks run as that role);
+--    it, the type's submit_roles and administrators may submit its jobs, and a job's
+--    submitter may finish, abort or retry it.
+GRANT EXECUTE ON FUNCTION herald.create_job_type(text, text, text, text, text, text, text, text,
+                              boolean, boolean, boolean, boolean, integer, interval, text[]),
+                          herald.drop_job_type(text),
+                          herald.submit_job(text, jsonb, text, text, timestamptz),
+                          herald.mark_job_finished(bigint, jsonb),
+                          herald.abort_job(bigint, text),
+                          herald.retry_job(bigint) TO herald_app;
+GRANT SELECT ON herald.job_type, herald.job_class TO herald_app;
 
 -- 2. Operators who create, tune, start, stop and resume queues, and read the log. A queue's
 --    listener_roles names the roles whose listeners may use it, e.g.
@@ -30,6 +41,11 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON herald.event_queue TO herald_ops;
 GRANT SELECT ON herald.queue_status, herald.event, herald.event_log, herald.listener,
                  herald.event_type TO herald_ops;
 GRANT EXECUTE ON FUNCTION herald.resume_queue(text, text) TO herald_ops;
+--    Jobs: tune classes (UPDATE herald.job_class SET max_running = 1 WHERE name = 'posting'),
+--    watch jobs, abort and retry them (herald.set_job_state is for administrators).
+GRANT SELECT, INSERT, UPDATE, DELETE ON herald.job_class TO herald_ops;
+GRANT SELECT ON herald.job, herald.job_type, herald.job_audit TO herald_ops;
+GRANT EXECUTE ON FUNCTION herald.abort_job(bigint, text), herald.retry_job(bigint) TO herald_ops;
 
 -- 3. The login role the coordinators (`herald run`) use. It needs no table privileges:
 --    lookups do their bookkeeping as the extension owner and run handlers as their owners.
@@ -38,3 +54,12 @@ GRANT SELECT ON herald.event_queue, herald.queue_status TO herald_coordinator;
 GRANT EXECUTE ON FUNCTION herald.claim_queue(text), herald.release_queue(text),
                           herald.drain(text, text), herald.await_events(text, integer)
     TO herald_coordinator;
+--    Jobs: claiming, running (targets and hooks run as their types' owners), completing,
+--    rescuing, alerts; and what `herald status` shows.
+GRANT EXECUTE ON FUNCTION herald.claim_next_job(text), herald.run_job(bigint),
+                          herald.finish_job(bigint, jsonb), herald.fail_job(bigint, text),
+                          herald.complete_next_job(text), herald.rescue_jobs(),
+                          herald.check_job_alerts(), herald.await_jobs(integer),
+                          herald.callout(bigint, text, jsonb)
+    TO herald_coordinator;
+GRANT SELECT ON herald.job, herald.job_class TO herald_coordinator;

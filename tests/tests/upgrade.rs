@@ -64,7 +64,7 @@ async fn catalog(client: &tokio_postgres::Client) -> Vec<String> {
 }
 
 /// The releases whose install scripts `make install` copies from sql/releases.
-const RELEASES: &[&str] = &["0.1.0", "0.2.0", "0.3.0"];
+const RELEASES: &[&str] = &["0.1.0", "0.2.0", "0.3.0", "0.4.0"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrading_from_every_release_equals_a_fresh_install() {
@@ -93,7 +93,7 @@ async fn upgrading_from_every_release_equals_a_fresh_install() {
             .batch_execute(&format!("CREATE EXTENSION herald VERSION '{release}'"))
             .await
             .unwrap_or_else(|e| {
-                panic!("the {release} install script is installed (make install copies sql/releases): {e}")
+                panic!("the {release} install script is installed (make install copies sql/releases): {e:?}")
             });
         // a grant an operator made survives the upgrade
         upgraded

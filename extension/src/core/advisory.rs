@@ -20,11 +20,28 @@ pub enum KeySpace {
     /// that no event of an uncommitted producer outlives its listener; key: the queue's
     /// id. "HRLP".
     QueueProducers,
+    /// Held (session level) by the coordinator connection whose runner runs a job: the
+    /// job's claim. Key: the job's id mod 2^32 (two jobs 2^32 ids apart never both run).
+    /// "HRLJ".
+    JobClaim,
+    /// Held shared (session level) by every job manager while it waits for work, so that a
+    /// commit that makes a job startable can wake them all; key: 0. "HRLM".
+    JobManagers,
+    /// Held (transaction level) while a job of a limited class is chosen to start, so that
+    /// the class's limit holds across concurrent claims; key: the class name's hash.
+    /// "HRLC".
+    JobClass,
 }
 
 impl KeySpace {
     /// Every key space, for lookups by name.
-    pub const ALL: &'static [KeySpace] = &[KeySpace::QueueDrainer, KeySpace::QueueProducers];
+    pub const ALL: &'static [KeySpace] = &[
+        KeySpace::QueueDrainer,
+        KeySpace::QueueProducers,
+        KeySpace::JobClaim,
+        KeySpace::JobManagers,
+        KeySpace::JobClass,
+    ];
 
     /// The first key of locks in this space. Numbers stay below 2^31 so that they read the
     /// same as `int4` keys and as `pg_locks.classid` (an oid).
@@ -32,6 +49,9 @@ impl KeySpace {
         match self {
             KeySpace::QueueDrainer => 0x4852_4C44,
             KeySpace::QueueProducers => 0x4852_4C50,
+            KeySpace::JobClaim => 0x4852_4C4A,
+            KeySpace::JobManagers => 0x4852_4C4D,
+            KeySpace::JobClass => 0x4852_4C43,
         }
     }
 
@@ -40,6 +60,9 @@ impl KeySpace {
         match self {
             KeySpace::QueueDrainer => "queue",
             KeySpace::QueueProducers => "producers",
+            KeySpace::JobClaim => "job",
+            KeySpace::JobManagers => "job_managers",
+            KeySpace::JobClass => "job_class",
         }
     }
 
@@ -63,6 +86,13 @@ impl KeySpace {
         let tag = self.tag(key);
         // SAFETY: a lookup in this backend's own lock table with a valid tag.
         unsafe { pg_sys::LockHeldByMe(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE) }
+    }
+
+    /// Does this backend hold lock `key` of this space in `mode` (at any level)?
+    pub fn held_in_mode_by_me(self, key: i32, mode: u32) -> bool {
+        let tag = self.tag(key);
+        // SAFETY: a lookup in this backend's own lock table with a valid tag.
+        unsafe { pg_sys::LockHeldByMe(&tag, mode as pg_sys::LOCKMODE) }
     }
 
     /// Take lock `key` of this space in `mode` until the end of the transaction, waiting for
@@ -96,6 +126,32 @@ impl KeySpace {
             pg_sys::check_for_interrupts!();
         }
         self.lock_for_transaction(key, pg_sys::ExclusiveLock);
+    }
+
+    /// Take lock `key` of this space in `mode` at session level (kept across transactions
+    /// until [`KeySpace::unlock_session`] or the end of the session), without waiting. False
+    /// if a conflicting lock is held by another session.
+    pub fn try_lock_for_session(self, key: i32, mode: u32) -> bool {
+        let tag = self.tag(key);
+        // SAFETY: a session-level lock with a valid tag; `dontWait` returns at once. The
+        // lock manager keeps it across transactions, including aborted ones, until it is
+        // released or the backend exits.
+        let result = unsafe { pg_sys::LockAcquire(&tag, mode as pg_sys::LOCKMODE, true, true) };
+        result != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+    }
+
+    /// Release one session-level hold of lock `key` in `mode`; false if this backend did
+    /// not hold it.
+    pub fn unlock_session(self, key: i32, mode: u32) -> bool {
+        let tag = self.tag(key);
+        // SAFETY: lookups in, and a release from, this backend's own lock table with a valid
+        // tag; LockRelease is only called for a lock held in that mode, so it never warns.
+        unsafe {
+            if !pg_sys::LockHeldByMe(&tag, mode as pg_sys::LOCKMODE) {
+                return false;
+            }
+            pg_sys::LockRelease(&tag, mode as pg_sys::LOCKMODE, true)
+        }
     }
 
     /// Take lock `key` of this space until the end of the transaction, without waiting, as

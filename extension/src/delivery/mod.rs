@@ -26,11 +26,29 @@ pub fn init() {
     store::init();
 }
 
-/// Deliver one event to every listener of its type (user events and system events); returns
-/// the event id. `source` is who or what produced it: a role, a node, a job.
+/// Deliver one user event to every listener of its type; returns the event id. `source` is
+/// the role that emitted it.
 pub fn publish(r#type: &str, action: &str, source: &str, details: pg_sys::Datum) -> i64 {
     cache::refresh();
     let listeners = cache::current().matching(r#type);
+    publish_to(&listeners, r#type, action, source, details)
+}
+
+/// Deliver one of Herald's own events (`JOB`, `CALLOUT`, ...) to every system listener of
+/// its type; returns the event id. `source` names what it is about (a job type, ...).
+pub fn publish_system(r#type: &str, action: &str, source: &str, details: pg_sys::Datum) -> i64 {
+    cache::refresh();
+    let listeners = cache::current().matching_system(r#type);
+    publish_to(&listeners, r#type, action, source, details)
+}
+
+fn publish_to(
+    listeners: &[std::rc::Rc<Listener>],
+    r#type: &str,
+    action: &str,
+    source: &str,
+    details: pg_sys::Datum,
+) -> i64 {
     if listeners.iter().any(|l| l.delivery.queue().is_some()) {
         // The transaction id comes before the event id: drainers rely on it to know when no
         // smaller event id can appear any more (see queues::floor).

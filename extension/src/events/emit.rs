@@ -96,6 +96,7 @@ fn add_event_listener(
     let sync = errors::required(sync, "sync");
     let handler_oid = listeners::resolve_handler(handler);
     let types = listeners::parse_event_types(event_types);
+    listeners::refuse_reserved(&types);
     listeners::event_types::require_listenable(&types);
     let delivery = sessions::delivery(queue, sync);
     listeners::register(handler_oid, NewSource::UserEvents(&types), &delivery)

@@ -29,6 +29,7 @@ pub struct ListenerSet {
     any_type: Vec<Rc<Listener>>,
     by_id: HashMap<i64, Rc<Listener>>,
     by_table: HashMap<pg_sys::Oid, Vec<Rc<Listener>>>,
+    by_system_type: HashMap<String, Vec<Rc<Listener>>>,
 }
 
 impl ListenerSet {
@@ -40,6 +41,14 @@ impl ListenerSet {
     /// Data listeners of a table, in registration order.
     pub fn on_table(&self, relid: pg_sys::Oid) -> &[Rc<Listener>] {
         self.by_table.get(&relid).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Listeners of Herald's own events of `event_type`, in registration order.
+    pub fn matching_system(&self, event_type: &str) -> Vec<Rc<Listener>> {
+        self.by_system_type
+            .get(event_type)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Listeners of `event_type`, in registration order.
@@ -63,6 +72,14 @@ impl ListenerSet {
                     .entry(data.table)
                     .or_default()
                     .push(listener.clone());
+            }
+            Source::SystemEvents(types) => {
+                for t in types {
+                    self.by_system_type
+                        .entry(t.clone())
+                        .or_default()
+                        .push(listener.clone());
+                }
             }
             Source::UserEvents(types) => {
                 for t in types {
@@ -168,6 +185,7 @@ fn load() -> ListenerSet {
                         hidden: Cols::of(&rows.get::<Vec<i32>>(r, 11).unwrap_or_default()),
                     }),
                     (Some("event"), _) => Source::UserEvents(types),
+                    (Some("system"), _) => Source::SystemEvents(types),
                     _ => continue, // a kind this version does not deliver
                 };
                 let delivery = match (

@@ -37,6 +37,13 @@ SELECT l.id, l.handler::pg_catalog.oid, l.event_types, l.queue, q.id, l.sync,
            OPERATOR(pg_catalog.||) l.id OPERATOR(pg_catalog.||) ' ('
            OPERATOR(pg_catalog.||) pg_catalog.quote_ident(r.rolname)
            OPERATOR(pg_catalog.||) ') may no longer listen to it'
+       WHEN l.kind OPERATOR(pg_catalog.=) 'system'
+            AND NOT pg_catalog.pg_has_role(r.oid, (SELECT e.extowner FROM pg_catalog.pg_extension e
+                                                    WHERE e.extname OPERATOR(pg_catalog.=) 'herald'),
+                                           'USAGE') THEN
+           '42501 the owner of system listener ' OPERATOR(pg_catalog.||) l.id
+           OPERATOR(pg_catalog.||) ' (' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(r.rolname)
+           OPERATOR(pg_catalog.||) ') is no longer a Herald administrator'
        WHEN c.oid IS NULL THEN NULL
        WHEN NOT pg_catalog.has_schema_privilege(r.oid, c.relnamespace, 'USAGE') THEN
            '42501 permission denied for schema ' OPERATOR(pg_catalog.||)

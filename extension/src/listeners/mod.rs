@@ -146,7 +146,17 @@ pub fn parse_event_types(spec: &str) -> Vec<String> {
                 ),
             );
         }
-        if RESERVED_TYPES.contains(&t) {
+        if !out.iter().any(|o| o == t) {
+            out.push(t.to_string());
+        }
+    }
+    out
+}
+
+/// Raise if one of `types` is reserved for Herald's own events (user event listeners).
+pub fn refuse_reserved(types: &[String]) {
+    for t in types {
+        if RESERVED_TYPES.contains(&t.as_str()) {
             raise(
                 Code::ERRCODE_INVALID_PARAMETER_VALUE,
                 format!(
@@ -157,16 +167,12 @@ pub fn parse_event_types(spec: &str) -> Vec<String> {
                     "Use herald.add_data_listener() for data-change events.".into()
                 } else {
                     "Choose another type name for user events, e.g. 'invoice'; Herald's \
-                     system events cannot be listened to in this release."
+                     system events (JOB, CALLOUT) are listened to with herald.add_system_listener()."
                         .into()
                 }),
             );
         }
-        if !out.iter().any(|o| o == t) {
-            out.push(t.to_string());
-        }
     }
-    out
 }
 
 /// The queue named `queue`, with a clear error if it does not exist or the current user may
@@ -252,6 +258,8 @@ pub enum NewSource<'a> {
     UserEvents(&'a [String]),
     /// Changes of a table's rows.
     DataChanges { table: pg_sys::Oid, spec: DataSpec },
+    /// Herald's own events of these types.
+    SystemEvents(&'a [String]),
 }
 
 /// Insert a listener row (as the extension owner, on behalf of the current user); returns
@@ -261,6 +269,7 @@ pub fn register(handler: pg_sys::Oid, source: NewSource<'_>, delivery: &Delivery
     let (kind, event_types, tbl) = match &source {
         NewSource::UserEvents(types) => ("event", types.to_vec(), None),
         NewSource::DataChanges { table, spec } => ("data", spec.items(), Some(*table)),
+        NewSource::SystemEvents(types) => ("system", types.to_vec(), None),
     };
     let types: Vec<&str> = event_types.iter().map(String::as_str).collect();
     let (queue, sync, session) = match delivery {

@@ -52,6 +52,8 @@ impl Denial {
 pub enum Source {
     /// User events (`herald.emit`) of these types; `"*"` stands for every type.
     UserEvents(Vec<String>),
+    /// Herald's own events of these types (`JOB`, `CALLOUT`, ...), never matched by `"*"`.
+    SystemEvents(Vec<String>),
     /// Changes of the rows of a table.
     DataChanges(DataSource),
 }

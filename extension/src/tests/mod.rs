@@ -3,6 +3,7 @@
 pub mod helpers;
 
 mod capture;
+mod jobs;
 mod operations;
 mod privileges;
 mod queues;

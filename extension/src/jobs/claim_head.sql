@@ -1,0 +1,18 @@
+-- The job of class $1 to start next, if the class has room: the oldest waiting due job of
+-- each concurrency key, if fewer than $2 jobs of that key run (running jobs older than the
+-- class's wait timeout $3 no longer count). NULL $2: the class is unlimited.
+SELECT w.id
+  FROM (SELECT DISTINCT ON (j.concurrency_key) j.id, j.concurrency_key
+          FROM herald.job j
+         WHERE j.state OPERATOR(pg_catalog.=) 'CREATED' AND j.class OPERATOR(pg_catalog.=) $1
+           AND j.run_after OPERATOR(pg_catalog.<=) pg_catalog.now()
+         ORDER BY j.concurrency_key, j.id) w
+ WHERE $2 IS NULL
+    OR (SELECT pg_catalog.count(*) FROM herald.job r
+         WHERE r.state OPERATOR(pg_catalog.=) ANY ('{STARTED,FINISHED}'::pg_catalog.text[]) AND r.class OPERATOR(pg_catalog.=) $1
+           AND r.concurrency_key IS NOT DISTINCT FROM w.concurrency_key
+           AND ($3 IS NULL OR r.started_at OPERATOR(pg_catalog.>)
+                (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) $3)))
+       OPERATOR(pg_catalog.<) $2
+ ORDER BY w.id
+ LIMIT 1

@@ -1,0 +1,847 @@
+//! A job's life: every state change is one guarded UPDATE (`transition.sql`: `WHERE state
+//! = ANY(from)`, and the running backend where it matters) that emits a JOB event.
+//!
+//! ```text
+//! CREATED ──claim──► STARTED ──runner returns──► FINISHED ──completion──► COMPLETED
+//!    ▲                  │  (autofinish, or             │
+//!    │ retry            │   mark_job_finished)         └─before_completion fails─► FINISHERROR
+//!    └──── STARTERROR ◄─┘ runner fails, or its node's claim is gone (rescue_jobs)
+//! any unfinished state ──abort_job──► ABORTED
+//! ```
+use pgrx::datum::Interval;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode as Code;
+
+use super::callee;
+use super::{claim_key, class_key, first, wake_managers_at_commit, State};
+use crate::core::advisory::KeySpace;
+use crate::core::catalog;
+use crate::core::errors::{self, raise};
+use crate::core::subxact;
+use crate::delivery;
+use crate::listeners::event_types::is_admin;
+
+/// What the lifecycle needs to know of a job and its type.
+pub struct Job {
+    pub id: i64,
+    pub r#type: String,
+    pub params: pgrx::JsonB,
+    pub state: State,
+    pub attempts: i32,
+    pub claim_pid: Option<i32>,
+    pub node: Option<String>,
+    pub submitted_by: pg_sys::Oid,
+    pub runner: String,
+    pub target: String,
+    pub owner: pg_sys::Oid,
+    pub before_completion: Option<pg_sys::Oid>,
+    pub after_completion: Option<pg_sys::Oid>,
+    pub compensate: Option<pg_sys::Oid>,
+    pub autofinish: bool,
+    pub newthread: bool,
+    pub gobackonerror: bool,
+    pub max_attempts: i32,
+    pub retry_delay: Option<Interval>,
+}
+
+/// Read a job with its type (`FOR UPDATE` of the job row if `lock`).
+pub fn load(job: i64, lock: bool) -> Option<Job> {
+    let sql = format!(
+        "SELECT j.id, j.type, j.params, j.state, j.attempts, j.claim_pid, j.node,
+                j.submitted_by::pg_catalog.oid, t.runner, t.target, t.owner::pg_catalog.oid,
+                t.before_completion::pg_catalog.oid, t.after_completion::pg_catalog.oid,
+                t.compensate::pg_catalog.oid, t.autofinish, t.newthread, t.gobackonerror,
+                t.max_attempts, t.retry_delay
+           FROM herald.job j
+           LEFT JOIN herald.job_type t ON t.name OPERATOR(pg_catalog.=) j.type
+          WHERE j.id OPERATOR(pg_catalog.=) $1 {}",
+        if lock { "FOR UPDATE OF j" } else { "" }
+    );
+    catalog::as_owner(|| {
+        errors::spi(Spi::connect(|client| {
+            let rows = client.select(&sql, Some(1), &[job.into()])?;
+            if rows.is_empty() {
+                return Ok::<_, pgrx::spi::SpiError>(None);
+            }
+            let r = rows.first();
+            let state: String = r.get(4)?.unwrap_or_default();
+            Ok(Some(Job {
+                id: r.get(1)?.unwrap_or_default(),
+                r#type: r.get(2)?.unwrap_or_default(),
+                params: r
+                    .get::<pgrx::JsonB>(3)?
+                    .unwrap_or(pgrx::JsonB(serde_json::json!({}))),
+                state: State::parse(&state).unwrap_or(State::Aborted),
+                attempts: r.get(5)?.unwrap_or_default(),
+                claim_pid: r.get(6)?,
+                node: r.get(7)?,
+                submitted_by: r.get(8)?.unwrap_or(pg_sys::InvalidOid),
+                runner: r.get(9)?.unwrap_or_default(),
+                target: r.get(10)?.unwrap_or_default(),
+                owner: r.get(11)?.unwrap_or(pg_sys::InvalidOid),
+                before_completion: r.get(12)?,
+                after_completion: r.get(13)?,
+                compensate: r.get(14)?,
+                autofinish: r.get(15)?.unwrap_or(true),
+                newthread: r.get(16)?.unwrap_or(false),
+                gobackonerror: r.get(17)?.unwrap_or(false),
+                max_attempts: r.get(18)?.unwrap_or(1),
+                retry_delay: r.get(19)?,
+            }))
+        }))
+    })
+}
+
+/// Load a job or raise "does not exist".
+fn require(job: i64, lock: bool) -> Job {
+    load(job, lock).unwrap_or_else(|| {
+        raise(
+            Code::ERRCODE_UNDEFINED_OBJECT,
+            format!("job {job} does not exist"),
+            None,
+        )
+    })
+}
+
+/// Details of a state change.
+#[derive(Default)]
+pub struct Change<'a> {
+    pub node: Option<&'a str>,
+    pub result: Option<pgrx::JsonB>,
+    pub error: Option<&'a str>,
+    pub delay: Option<Interval>,
+    /// Only if this backend runs the job (holds it as `claim_pid`).
+    pub mine: bool,
+}
+
+/// Move `job` from one of `from` to `to` (one guarded UPDATE); false if it was in none of
+/// them. Emits the JOB event (action `1` on start, `2` when a run stops, `RETRY` when it
+/// is queued again) and wakes the job managers at commit unless the job just started.
+pub fn transition(job: i64, from: &[State], to: State, change: Change<'_>) -> bool {
+    let from: Vec<&str> = from.iter().map(|s| s.name()).collect();
+    let moved = catalog::as_owner(|| {
+        errors::spi(Spi::connect_mut(|client| {
+            let rows = client.update(
+                include_str!("transition.sql"),
+                None,
+                &[
+                    job.into(),
+                    to.name().into(),
+                    from.clone().into(),
+                    change.node.into(),
+                    change.result.into(),
+                    change.error.into(),
+                    change.delay.into(),
+                    change.mine.into(),
+                ],
+            )?;
+            if rows.is_empty() {
+                return Ok::<_, pgrx::spi::SpiError>(None);
+            }
+            let r = rows.first();
+            Ok(Some((
+                r.get::<pgrx::JsonB>(1)?,
+                r.get::<String>(2)?.unwrap_or_default(),
+            )))
+        }))
+    });
+    let Some((details, type_name)) = moved else {
+        return false;
+    };
+    let action = match to {
+        State::Started => "1",
+        State::Created => "RETRY",
+        _ => "2",
+    };
+    let details = details
+        .unwrap_or(pgrx::JsonB(serde_json::json!({})))
+        .into_datum()
+        .unwrap_or(pg_sys::Datum::from(0));
+    delivery::publish_system("JOB", action, &type_name, details);
+    // A run that ended frees a slot (of its class, and of its node's runners), a retry is
+    // startable, a finished job wants completing: the managers look at once. (Their latch
+    // is cheap to set; a manager that finds nothing sleeps again.)
+    if to != State::Started {
+        wake_managers_at_commit();
+    }
+    true
+}
+
+/// Release this backend's claim of `job` (a no-op if it holds none).
+pub fn release_claim(job: i64) {
+    KeySpace::JobClaim.unlock_session(claim_key(job), pg_sys::ExclusiveLock);
+}
+
+/// The classes with waiting due jobs, in the order they wait.
+fn due_classes() -> Vec<(String, Option<i32>, Option<Interval>)> {
+    catalog::as_owner(|| {
+        errors::spi(Spi::connect(|client| {
+            let mut out = Vec::new();
+            for r in client.select(include_str!("due_classes.sql"), None, &[])? {
+                out.push((
+                    r.get::<String>(1)?.unwrap_or_default(),
+                    r.get::<i32>(2)?,
+                    r.get::<Interval>(3)?,
+                ));
+            }
+            Ok::<_, pgrx::spi::SpiError>(out)
+        }))
+    })
+}
+
+fn head_of(class: &str, max_running: Option<i32>, wait: Option<Interval>) -> Option<i64> {
+    first::<i64>(
+        include_str!("claim_head.sql"),
+        &[class.into(), max_running.into(), wait.into()],
+    )
+}
+
+/// `herald.claim_next_job(node)`: start the next job that may start now, claimed by this
+/// connection, which must then run it (`herald.run_job`, or for `command` jobs
+/// `herald.finish_job` / `herald.fail_job`). No row when nothing may start.
+///
+/// Classes are served in the order their jobs wait. A limited class is chosen under its
+/// class lock, taken without waiting: while another claim or a submit of the class is in
+/// flight the class is skipped (that commit wakes the managers again), so that the
+/// class's limit holds across the cluster and its jobs start in submission order.
+#[pg_extern(volatile, parallel_unsafe)]
+#[allow(clippy::type_complexity)]
+fn claim_next_job(
+    node: Option<&str>,
+) -> TableIterator<
+    'static,
+    (
+        name!(id, i64),
+        name!(r#type, String),
+        name!(runner, String),
+        name!(target, String),
+        name!(params, pgrx::JsonB),
+        name!(newthread, bool),
+    ),
+> {
+    catalog::require_primary("herald.claim_next_job()");
+    let node = errors::required(node, "node");
+    for (class, max_running, wait) in due_classes() {
+        if max_running.is_some() && !KeySpace::JobClass.try_lock_for_transaction(class_key(&class))
+        {
+            continue;
+        }
+        // Unlimited classes race other claimers for the same head: try a few.
+        for _ in 0..3 {
+            let Some(id) = head_of(&class, max_running, wait) else {
+                break;
+            };
+            if !KeySpace::JobClaim.try_lock_for_session(claim_key(id), pg_sys::ExclusiveLock) {
+                break;
+            }
+            let started = transition(
+                id,
+                &[State::Created],
+                State::Started,
+                Change {
+                    node: Some(node),
+                    ..Default::default()
+                },
+            );
+            if !started {
+                release_claim(id);
+                continue;
+            }
+            let job = require(id, false);
+            return TableIterator::once((
+                job.id,
+                job.r#type,
+                job.runner,
+                job.target,
+                job.params,
+                job.newthread,
+            ));
+        }
+    }
+    TableIterator::new(std::iter::empty())
+}
+
+/// Raise unless this backend runs `job` now.
+fn require_running_here(job: &Job) {
+    // SAFETY: reads a backend global.
+    let me = unsafe { pg_sys::MyProcPid };
+    if job.state != State::Started
+        || job.claim_pid != Some(me)
+        || !KeySpace::JobClaim.held_by_me(claim_key(job.id))
+    {
+        raise(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "job {} is not running on this connection (it is {})",
+                job.id,
+                job.state.name()
+            ),
+            Some(
+                "A job runs on the connection that claimed it with herald.claim_next_job().".into(),
+            ),
+        );
+    }
+}
+
+/// `herald.run_job(job)`: run a claimed `sql` job's target, as its type's owner, in this
+/// transaction. With `autofinish` the job is FINISHED in the same commit as its work;
+/// without, it stays STARTED until `herald.mark_job_finished`. A failing target leaves
+/// STARTERROR (and a retry, per the type's policy). Returns the job's state.
+#[pg_extern(volatile, parallel_unsafe)]
+fn run_job(job: Option<i64>) -> String {
+    let id = errors::required(job, "job");
+    let job = require(id, false);
+    require_running_here(&job);
+    if job.runner != "sql" {
+        raise(
+            Code::ERRCODE_WRONG_OBJECT_TYPE,
+            format!(
+                "job {id} has runner '{}': the coordinator runs it",
+                job.runner
+            ),
+            Some("Report its end with herald.finish_job() or herald.fail_job().".into()),
+        );
+    }
+    let target = catalog::as_owner(|| {
+        errors::spi(Spi::get_one_with_args::<pg_sys::Oid>(
+            "SELECT $1::pg_catalog.regprocedure::pg_catalog.oid",
+            &[job.target.as_str().into()],
+        ))
+    })
+    .unwrap_or(pg_sys::InvalidOid);
+    let mut result = None;
+    let outcome = subxact::run(|| {
+        result = callee::call_target(target, job.owner, pgrx::JsonB(job.params.0.clone()));
+    });
+    match outcome {
+        Ok(()) => {
+            let done = if job.autofinish {
+                transition(
+                    id,
+                    &[State::Started],
+                    State::Finished,
+                    Change {
+                        result,
+                        mine: true,
+                        ..Default::default()
+                    },
+                )
+            } else {
+                keep_for_external_finish(id)
+            };
+            release_claim(id);
+            if !done {
+                raise(
+                    Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    format!("job {id} was ended while it ran (aborted or set by an operator); its work is rolled back"),
+                    None,
+                );
+            }
+            if job.autofinish {
+                "FINISHED"
+            } else {
+                "STARTED"
+            }
+            .to_string()
+        }
+        Err(e) => fail(&job, &e.message, true).name().to_string(),
+    }
+}
+
+/// The runner of a job without `autofinish` has returned: the job stays STARTED, no
+/// longer held by this connection, until `herald.mark_job_finished`.
+fn keep_for_external_finish(id: i64) -> bool {
+    catalog::as_owner(|| {
+        errors::spi(Spi::connect_mut(|client| {
+            Ok::<_, pgrx::spi::SpiError>(
+                !client
+                    .update(
+                        "UPDATE herald.job SET claim_pid = NULL
+                          WHERE id OPERATOR(pg_catalog.=) $1 AND state OPERATOR(pg_catalog.=) 'STARTED'
+                            AND claim_pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()",
+                        None,
+                        &[id.into()],
+                    )?
+                    .is_empty(),
+            )
+        }))
+    })
+}
+
+/// A run failed: STARTERROR, the compensate hook with `gobackonerror`, then a retry if the
+/// type allows another attempt. Releases this backend's claim. Returns the job's state.
+fn fail(job: &Job, error: &str, mine: bool) -> State {
+    let failed = transition(
+        job.id,
+        &[State::Started],
+        State::StartError,
+        Change {
+            error: Some(error),
+            mine,
+            ..Default::default()
+        },
+    );
+    if mine {
+        release_claim(job.id);
+    }
+    if !failed {
+        return load(job.id, false).map_or(State::Aborted, |j| j.state);
+    }
+    if job.gobackonerror {
+        compensate(job);
+    }
+    let attempts = job.attempts.max(1);
+    if attempts < job.max_attempts
+        && transition(
+            job.id,
+            &[State::StartError],
+            State::Created,
+            Change {
+                delay: job.retry_delay,
+                ..Default::default()
+            },
+        )
+    {
+        return State::Created;
+    }
+    State::StartError
+}
+
+/// Run the type's compensate hook in a subtransaction; its failure is a WARNING and a note
+/// on the job.
+fn compensate(job: &Job) {
+    let Some(hook) = job.compensate else {
+        return;
+    };
+    if let Err(e) = subxact::run(|| {
+        callee::call_hook(
+            hook,
+            job.owner,
+            job.id,
+            pgrx::JsonB(job.params.0.clone()),
+            None,
+        )
+    }) {
+        note_hook_failure(job.id, "compensate", &e.message);
+    }
+}
+
+fn note_hook_failure(job: i64, hook: &str, message: &str) {
+    errors::warning(
+        format!("herald: hook {hook} of job {job} failed: {message}"),
+        None,
+    );
+    catalog::as_owner(|| {
+        errors::spi(Spi::run_with_args(
+            "UPDATE herald.job
+                SET error = COALESCE(error OPERATOR(pg_catalog.||) '; ', '')
+                            OPERATOR(pg_catalog.||) $2
+              WHERE id OPERATOR(pg_catalog.=) $1",
+            &[job.into(), format!("hook {hook} failed: {message}").into()],
+        ))
+    });
+}
+
+/// `herald.finish_job(job, result)`: the coordinator's runner of a claimed job (runner
+/// `command`) has done its work: FINISHED, claim released.
+#[pg_extern(volatile, parallel_unsafe)]
+fn finish_job(job: Option<i64>, result: default!(Option<pgrx::JsonB>, "NULL")) -> bool {
+    let id = errors::required(job, "job");
+    let job = require(id, false);
+    require_running_here(&job);
+    let done = transition(
+        id,
+        &[State::Started],
+        State::Finished,
+        Change {
+            result,
+            mine: true,
+            ..Default::default()
+        },
+    );
+    release_claim(id);
+    done
+}
+
+/// `herald.fail_job(job, error)`: the coordinator's runner of a job claimed by this
+/// connection failed (a command's exit code, a cancelled `run_job`): STARTERROR and the
+/// retry policy. A job that was aborted meanwhile stays ABORTED. Always releases the claim.
+/// Returns the job's state.
+#[pg_extern(volatile, parallel_unsafe)]
+fn fail_job(job: Option<i64>, error: Option<&str>) -> String {
+    let id = errors::required(job, "job");
+    let error = errors::required(error, "error");
+    let Some(job) = load(id, true) else {
+        release_claim(id);
+        raise(
+            Code::ERRCODE_UNDEFINED_OBJECT,
+            format!("job {id} does not exist"),
+            None,
+        );
+    };
+    // SAFETY: reads a backend global.
+    let me = unsafe { pg_sys::MyProcPid };
+    if job.state != State::Started || job.claim_pid != Some(me) {
+        release_claim(id);
+        return job.state.name().to_string();
+    }
+    fail(&job, error, true).name().to_string()
+}
+
+/// `herald.complete_next_job(node)`: run the completion step of the oldest FINISHED job
+/// that nobody completes now: `before_completion` (its error means FINISHERROR), then
+/// COMPLETED and `after_completion(commit => true)`; returns its id, NULL when there is
+/// none.
+#[pg_extern(volatile, parallel_unsafe)]
+fn complete_next_job(node: Option<&str>) -> Option<i64> {
+    catalog::require_primary("herald.complete_next_job()");
+    let _node = errors::required(node, "node");
+    let id = first::<i64>(
+        "SELECT id FROM herald.job WHERE state OPERATOR(pg_catalog.=) 'FINISHED'
+          ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
+        &[],
+    )?;
+    let job = require(id, true);
+    let params = || pgrx::JsonB(job.params.0.clone());
+    let before = match job.before_completion {
+        Some(hook) => subxact::run(|| callee::call_hook(hook, job.owner, id, params(), None)),
+        None => Ok(()),
+    };
+    match before {
+        Ok(()) => {
+            transition(id, &[State::Finished], State::Completed, Change::default());
+            after_completion(&job, true);
+        }
+        Err(e) => {
+            let error = format!("before_completion failed: {}", e.message);
+            transition(
+                id,
+                &[State::Finished],
+                State::FinishError,
+                Change {
+                    error: Some(&error),
+                    ..Default::default()
+                },
+            );
+            after_completion(&job, false);
+            if job.gobackonerror {
+                compensate(&job);
+            }
+        }
+    }
+    Some(id)
+}
+
+fn after_completion(job: &Job, commit: bool) {
+    let Some(hook) = job.after_completion else {
+        return;
+    };
+    if let Err(e) = subxact::run(|| {
+        callee::call_hook(
+            hook,
+            job.owner,
+            job.id,
+            pgrx::JsonB(job.params.0.clone()),
+            Some(commit),
+        )
+    }) {
+        note_hook_failure(job.id, "after_completion", &e.message);
+    }
+}
+
+/// Raise unless the current user may act on `job`: a Herald administrator, the type's
+/// owner or the job's submitter.
+fn require_may_manage(job: &Job, what: &str) {
+    let me = catalog::current_user();
+    if is_admin()
+        || catalog::has_privs_of_role(me, job.owner)
+        || catalog::has_privs_of_role(me, job.submitted_by)
+    {
+        return;
+    }
+    raise(
+        Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        format!("permission denied to {what} job {}", job.id),
+        Some("The job's submitter, its type's owner and Herald administrators may.".into()),
+    );
+}
+
+fn not_in_state(job: &Job, what: &str, allowed: &[State]) -> ! {
+    raise(
+        Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!("cannot {what} job {}: it is {}", job.id, job.state.name()),
+        Some(format!(
+            "Only a job that is {} can be {what}ed.",
+            allowed
+                .iter()
+                .map(|s| s.name())
+                .collect::<Vec<_>>()
+                .join(" or ")
+        )),
+    )
+}
+
+/// `herald.mark_job_finished(job, result)`: work done outside Herald is finished; the job
+/// (STARTED) becomes FINISHED and is completed by the next manager tick.
+#[pg_extern(volatile, parallel_unsafe)]
+fn mark_job_finished(job: Option<i64>, result: default!(Option<pgrx::JsonB>, "NULL")) {
+    catalog::require_primary("herald.mark_job_finished()");
+    let id = errors::required(job, "job");
+    let job = require(id, true);
+    require_may_manage(&job, "finish");
+    let ok = transition(
+        id,
+        &[State::Started],
+        State::Finished,
+        Change {
+            result,
+            ..Default::default()
+        },
+    );
+    if !ok {
+        not_in_state(&job, "finish", &[State::Started]);
+    }
+    wake_managers_at_commit();
+}
+
+const ABORTABLE: &[State] = &[
+    State::Created,
+    State::Started,
+    State::Finished,
+    State::StartError,
+    State::FinishError,
+];
+
+/// `herald.abort_job(job, reason)`: end a job that has not completed: ABORTED, its
+/// compensate hook, an audit row. A running `sql` job's statement is cancelled, so its
+/// work rolls back.
+#[pg_extern(volatile, parallel_unsafe)]
+fn abort_job(job: Option<i64>, reason: default!(Option<&str>, "NULL")) {
+    catalog::require_primary("herald.abort_job()");
+    let id = errors::required(job, "job");
+    let job = require(id, true);
+    require_may_manage(&job, "abort");
+    let error = format!("aborted by {}", catalog::role_name(catalog::current_user()));
+    let error = match reason {
+        Some(r) => format!("{error}: {r}"),
+        None => error,
+    };
+    if !transition(
+        id,
+        ABORTABLE,
+        State::Aborted,
+        Change {
+            error: Some(&error),
+            ..Default::default()
+        },
+    ) {
+        not_in_state(&job, "abort", ABORTABLE);
+    }
+    if let (State::Started, Some(pid)) = (job.state, job.claim_pid) {
+        catalog::as_owner(|| {
+            errors::spi(Spi::run_with_args(
+                "SELECT pg_catalog.pg_cancel_backend($1)",
+                &[pid.into()],
+            ))
+        });
+    }
+    compensate(&job);
+    audit(id, "abort", job.state, State::Aborted, reason);
+}
+
+const RETRYABLE: &[State] = &[State::StartError, State::FinishError, State::Aborted];
+
+/// `herald.retry_job(job)`: queue a failed or aborted job again (CREATED, due now).
+#[pg_extern(volatile, parallel_unsafe)]
+fn retry_job(job: Option<i64>) {
+    catalog::require_primary("herald.retry_job()");
+    let id = errors::required(job, "job");
+    let job = require(id, true);
+    require_may_manage(&job, "retry");
+    if !transition(id, RETRYABLE, State::Created, Change::default()) {
+        not_in_state(&job, "retry", RETRYABLE);
+    }
+    audit(id, "retry", job.state, State::Created, None);
+}
+
+/// `herald.set_job_state(job, state, reason)`: the operator's way out of any stuck state
+/// (Herald administrators only): sets the state, writes an audit row, emits the event. A
+/// job cannot be set STARTED: jobs start through a coordinator's claim.
+#[pg_extern(volatile, parallel_unsafe)]
+fn set_job_state(job: Option<i64>, state: Option<&str>, reason: Option<&str>) {
+    catalog::require_primary("herald.set_job_state()");
+    let id = errors::required(job, "job");
+    let state = errors::required(state, "state");
+    let reason = errors::required(reason, "reason");
+    if !is_admin() {
+        raise(
+            Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "permission denied to set a job's state",
+            Some("Only Herald administrators may; others use herald.abort_job() and herald.retry_job().".into()),
+        );
+    }
+    let Some(to) = State::parse(state) else {
+        raise(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("unknown job state \"{}\"", errors::shown(state)),
+            Some(format!(
+                "States: {}.",
+                State::ALL
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        );
+    };
+    if to == State::Started {
+        raise(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            "a job cannot be set STARTED by hand",
+            Some("Set it CREATED: a coordinator claims and starts it.".into()),
+        );
+    }
+    let job = require(id, true);
+    if job.state == to {
+        raise(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("job {id} is {} already", to.name()),
+            None,
+        );
+    }
+    let note = format!(
+        "set {} by {}: {reason}",
+        to.name(),
+        catalog::role_name(catalog::current_user())
+    );
+    let error = (!matches!(to, State::Created | State::Finished | State::Completed))
+        .then_some(note.as_str());
+    transition(
+        id,
+        &[job.state],
+        to,
+        Change {
+            error,
+            ..Default::default()
+        },
+    );
+    if let (State::Started, Some(pid)) = (job.state, job.claim_pid) {
+        catalog::as_owner(|| {
+            errors::spi(Spi::run_with_args(
+                "SELECT pg_catalog.pg_cancel_backend($1)",
+                &[pid.into()],
+            ))
+        });
+    }
+    audit(id, "set_state", job.state, to, Some(reason));
+}
+
+fn audit(job: i64, action: &str, old: State, new: State, reason: Option<&str>) {
+    let who = catalog::role_name(catalog::current_user());
+    catalog::as_owner(|| {
+        errors::spi(Spi::run_with_args(
+            "INSERT INTO herald.job_audit (job, action, old_state, new_state, reason, done_by)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                job.into(),
+                action.into(),
+                old.name().into(),
+                new.name().into(),
+                reason.into(),
+                who.as_str().into(),
+            ],
+        ))
+    });
+}
+
+/// `herald.rescue_jobs()`: find running jobs whose claim is gone (the connection that ran
+/// them ended: its node died, was killed or lost the server) and apply their retry
+/// policy. A job whose runner is alive keeps its claim however slow it is, and is never
+/// touched. Returns how many jobs were rescued.
+#[pg_extern(volatile, parallel_unsafe)]
+fn rescue_jobs() -> i32 {
+    catalog::require_primary("herald.rescue_jobs()");
+    let candidates: Vec<i64> = catalog::as_owner(|| {
+        errors::spi(Spi::connect(|client| {
+            let mut out = Vec::new();
+            for r in client.select(
+                "SELECT id FROM herald.job
+                  WHERE state OPERATOR(pg_catalog.=) 'STARTED' AND claim_pid IS NOT NULL
+                  ORDER BY id FOR UPDATE SKIP LOCKED",
+                None,
+                &[],
+            )? {
+                out.push(r.get::<i64>(1)?.unwrap_or_default());
+            }
+            Ok::<_, pgrx::spi::SpiError>(out)
+        }))
+    });
+    let mut rescued = 0;
+    for id in candidates {
+        if claim_is_held(id) {
+            continue;
+        }
+        let Some(job) = load(id, true) else {
+            continue;
+        };
+        let error = format!(
+            "node {} lost the job's claim: the connection that ran it ended (its coordinator \
+             stopped, was killed, or lost the server)",
+            job.node.as_deref().unwrap_or("?")
+        );
+        fail(&job, &error, false);
+        rescued += 1;
+    }
+    rescued
+}
+
+/// Does any backend hold the claim lock of `job`?
+fn claim_is_held(job: i64) -> bool {
+    catalog::as_owner(|| {
+        errors::spi(Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (
+                 SELECT 1 FROM pg_catalog.pg_locks l
+                  WHERE l.locktype OPERATOR(pg_catalog.=) 'advisory' AND l.granted
+                    AND l.database OPERATOR(pg_catalog.=)
+                        (SELECT d.oid FROM pg_catalog.pg_database d
+                          WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())
+                    AND l.classid OPERATOR(pg_catalog.=) $1::pg_catalog.oid
+                    AND l.objid OPERATOR(pg_catalog.=) $2::pg_catalog.oid
+                    AND l.objsubid OPERATOR(pg_catalog.=) 2)",
+            &[
+                (KeySpace::JobClaim.number() as i64).into(),
+                (claim_key(job) as u32 as i64).into(),
+            ],
+        ))
+    })
+    .unwrap_or(true)
+}
+
+/// `herald.callout(job, action, details)`: the coordinator running a claimed `command` job
+/// records its OS call as a CALLOUT event (`begin` before the command starts, `end` with
+/// its exit code and duration). Only the connection holding the job's claim may.
+#[pg_extern(volatile, parallel_unsafe)]
+fn callout(job: Option<i64>, action: Option<&str>, details: Option<pgrx::JsonB>) {
+    let id = errors::required(job, "job");
+    let action = errors::required(action, "action");
+    let details = errors::required(details, "details");
+    let job = require(id, false);
+    require_running_here(&job);
+    if !matches!(action, "begin" | "end") {
+        raise(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("unknown CALLOUT action \"{}\"", errors::shown(action)),
+            Some("Actions: 'begin', 'end'.".into()),
+        );
+    }
+    let mut details = details.0;
+    if let Some(map) = details.as_object_mut() {
+        map.insert("job".into(), serde_json::json!(job.id));
+        map.insert("type".into(), serde_json::json!(job.r#type));
+        map.insert("node".into(), serde_json::json!(job.node));
+    }
+    let datum = pgrx::JsonB(details)
+        .into_datum()
+        .unwrap_or(pg_sys::Datum::from(0));
+    delivery::publish_system("CALLOUT", action, &job.r#type, datum);
+}

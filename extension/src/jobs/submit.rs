@@ -1,0 +1,147 @@
+//! `herald.submit_job`: a job is a row made in the caller's transaction. If that
+//! transaction rolls back, nothing is left: no row, no event, no wake-up (wake-ups are sent
+//! at commit only).
+use pgrx::datum::TimestampWithTimeZone;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode as Code;
+
+use super::{callee, class_key, wake_managers_at_commit};
+use crate::core::advisory::KeySpace;
+use crate::core::catalog;
+use crate::core::errors::{self, raise};
+use crate::listeners::event_types::is_admin;
+
+/// What submitting needs of a job type.
+struct TypeFacts {
+    class: String,
+    owner: pg_sys::Oid,
+    after_creation: Option<pg_sys::Oid>,
+    startnow: bool,
+    may_submit: bool,
+    limited: bool,
+}
+
+/// `herald.submit_job(type, params, concurrency_key, notify_email, run_after)`: queue a job;
+/// returns its id. Runs the type's `after_creation` hook in this transaction (its error
+/// rolls the submit back).
+#[pg_extern(volatile, parallel_unsafe)]
+fn submit_job(
+    r#type: Option<&str>,
+    params: default!(Option<pgrx::JsonB>, "'{}'"),
+    concurrency_key: default!(Option<&str>, "NULL"),
+    notify_email: default!(Option<&str>, "NULL"),
+    run_after: default!(Option<TimestampWithTimeZone>, "NULL"),
+) -> i64 {
+    catalog::require_primary("herald.submit_job()");
+    let type_name = errors::required(r#type, "type");
+    let params = errors::required(params, "params");
+    if !params.0.is_object() {
+        raise(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            "job params must be a JSON object",
+            Some("For example '{\"company\": 10, \"period\": \"2026-11\"}'.".into()),
+        );
+    }
+    if let Some(email) = notify_email {
+        if !email.contains('@') || email.trim() != email || email.contains(['\r', '\n']) {
+            raise(
+                Code::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!(
+                    "notify_email \"{}\" is not a mail address",
+                    errors::shown(email)
+                ),
+                None,
+            );
+        }
+    }
+    let me = catalog::current_user();
+    let admin = is_admin();
+    let facts = catalog::as_owner(|| {
+        errors::spi(Spi::connect(|client| {
+            let rows = client.select(
+                "SELECT t.class, t.owner::pg_catalog.oid, t.after_creation::pg_catalog.oid,
+                        t.startnow,
+                        pg_catalog.pg_has_role($2, t.owner::pg_catalog.oid, 'USAGE')
+                          OR EXISTS (SELECT 1 FROM pg_catalog.unnest(t.submit_roles) r
+                                      WHERE pg_catalog.pg_has_role($2, r::pg_catalog.oid, 'USAGE')),
+                        c.max_running IS NOT NULL
+                   FROM herald.job_type t
+                   LEFT JOIN herald.job_class c ON c.name OPERATOR(pg_catalog.=) t.class
+                  WHERE t.name OPERATOR(pg_catalog.=) $1",
+                Some(1),
+                &[type_name.into(), me.into()],
+            )?;
+            if rows.is_empty() {
+                return Ok::<_, pgrx::spi::SpiError>(None);
+            }
+            let row = rows.first();
+            Ok(Some(TypeFacts {
+                class: row.get::<String>(1)?.unwrap_or_default(),
+                owner: row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
+                after_creation: row.get::<pg_sys::Oid>(3)?,
+                startnow: row.get::<bool>(4)?.unwrap_or(false),
+                may_submit: row.get::<bool>(5)?.unwrap_or(false),
+                limited: row.get::<bool>(6)?.unwrap_or(false),
+            }))
+        }))
+    });
+    let Some(facts) = facts else {
+        raise(
+            Code::ERRCODE_UNDEFINED_OBJECT,
+            format!("job type \"{}\" does not exist", errors::shown(type_name)),
+            Some("Create it with herald.create_job_type(); see herald.job_type.".into()),
+        );
+    };
+    if !admin && !facts.may_submit {
+        raise(
+            Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!(
+                "permission denied to submit jobs of type \"{}\"",
+                errors::shown(type_name)
+            ),
+            Some(
+                "The type's owner, members of its submit_roles and Herald administrators may \
+                 submit its jobs."
+                    .into(),
+            ),
+        );
+    }
+    if facts.limited {
+        // A claim of this class waits for no submitter but skips the class while one is
+        // in flight, so that jobs start in id order (see lifecycle::claim_next_job); the
+        // commit wakes the managers.
+        KeySpace::JobClass.lock_for_transaction(class_key(&facts.class), pg_sys::ShareLock);
+    }
+    let id = catalog::as_owner(|| {
+        errors::spi(Spi::connect_mut(|client| {
+            client
+                .update(
+                    "INSERT INTO herald.job (type, class, params, concurrency_key, notify_email,
+                                             submitted_by, run_after)
+                     VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.oid::pg_catalog.regrole,
+                             COALESCE($7, pg_catalog.now()))
+                     RETURNING id",
+                    None,
+                    &[
+                        type_name.into(),
+                        facts.class.as_str().into(),
+                        pgrx::JsonB(params.0.clone()).into(),
+                        concurrency_key.into(),
+                        notify_email.into(),
+                        me.into(),
+                        run_after.into(),
+                    ],
+                )?
+                .first()
+                .get::<i64>(1)
+        }))
+    })
+    .unwrap_or_default();
+    if let Some(hook) = facts.after_creation {
+        callee::call_hook(hook, facts.owner, id, params, None);
+    }
+    if facts.startnow || facts.limited {
+        wake_managers_at_commit();
+    }
+    id
+}

@@ -1,0 +1,39 @@
+-- One guarded state change of a job: $1 job, $2 new state, $3 the states it may leave,
+-- $4 node (for STARTED), $5 result (FINISHED), $6 error, $7 delay before a retry (CREATED),
+-- $8 true: only if this backend holds the job's run (claim_pid). Returns the job as the
+-- JOB event's details, and its type.
+UPDATE herald.job j SET
+       state = $2,
+       node = CASE WHEN $2 OPERATOR(pg_catalog.=) 'STARTED' THEN $4
+                   WHEN $2 OPERATOR(pg_catalog.=) 'CREATED' THEN NULL ELSE j.node END,
+       attempts = CASE WHEN $2 OPERATOR(pg_catalog.=) 'STARTED'
+                       THEN j.attempts OPERATOR(pg_catalog.+) 1 ELSE j.attempts END,
+       started_at = CASE WHEN $2 OPERATOR(pg_catalog.=) 'STARTED' THEN pg_catalog.clock_timestamp()
+                         WHEN $2 OPERATOR(pg_catalog.=) 'CREATED' THEN NULL ELSE j.started_at END,
+       finished_at = CASE WHEN $2 OPERATOR(pg_catalog.=) 'FINISHED' THEN pg_catalog.clock_timestamp()
+                          WHEN $2 OPERATOR(pg_catalog.=) ANY ('{CREATED,STARTED}'::pg_catalog.text[]) THEN NULL ELSE j.finished_at END,
+       ended_at = CASE WHEN $2 OPERATOR(pg_catalog.=) ANY ('{COMPLETED,STARTERROR,FINISHERROR,ABORTED}'::pg_catalog.text[])
+                       THEN pg_catalog.clock_timestamp() END,
+       claim_pid = CASE WHEN $2 OPERATOR(pg_catalog.=) 'STARTED' THEN pg_catalog.pg_backend_pid() END,
+       result = CASE WHEN $2 OPERATOR(pg_catalog.=) 'FINISHED' THEN $5
+                     WHEN $2 OPERATOR(pg_catalog.=) ANY ('{CREATED,STARTED}'::pg_catalog.text[]) THEN NULL ELSE j.result END,
+       error = CASE WHEN $6 IS NOT NULL THEN $6
+                    WHEN $2 OPERATOR(pg_catalog.=) ANY ('{STARTED,FINISHED,COMPLETED}'::pg_catalog.text[]) THEN NULL ELSE j.error END,
+       run_after = CASE WHEN $2 OPERATOR(pg_catalog.=) 'CREATED'
+                        THEN pg_catalog.now() OPERATOR(pg_catalog.+) COALESCE($7, '0'::pg_catalog.interval)
+                        ELSE j.run_after END,
+       wait_alerted_at = CASE WHEN $2 OPERATOR(pg_catalog.=) ANY ('{CREATED,STARTED}'::pg_catalog.text[]) THEN NULL ELSE j.wait_alerted_at END,
+       long_alerted_at = CASE WHEN $2 OPERATOR(pg_catalog.=) ANY ('{CREATED,STARTED}'::pg_catalog.text[]) THEN NULL ELSE j.long_alerted_at END
+ WHERE j.id OPERATOR(pg_catalog.=) $1
+   AND j.state OPERATOR(pg_catalog.=) ANY ($3)
+   AND (NOT $8 OR j.claim_pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid())
+RETURNING pg_catalog.jsonb_build_object(
+              'job', j.id, 'type', j.type, 'class', j.class, 'state', j.state,
+              'node', j.node, 'attempt', j.attempts, 'concurrency_key', j.concurrency_key,
+              'submitted_by', j.submitted_by::text, 'started_at', j.started_at,
+              'ended_at', COALESCE(j.ended_at, j.finished_at),
+              'duration_ms', pg_catalog.round(pg_catalog.date_part('epoch',
+                  COALESCE(j.ended_at, j.finished_at, pg_catalog.clock_timestamp())
+                  OPERATOR(pg_catalog.-) j.started_at) OPERATOR(pg_catalog.*) 1000),
+              'error', j.error, 'result', j.result),
+          j.type

@@ -1,0 +1,406 @@
+-- Herald 0.4.0 -> 0.5.0.
+-- Jobs (docs/sql-reference.md, "Jobs"): job classes, job types, jobs and their audit, the
+-- lifecycle functions, and system listeners for JOB and CALLOUT events.
+-- tests/tests/upgrade.rs checks that an upgraded database matches a fresh install.
+\echo Use "ALTER EXTENSION herald UPDATE" to load this file. \quit
+
+
+-- Herald schema, jobs: tables. Loaded by CREATE EXTENSION after the sessions schema and
+-- before the Rust functions of extension/src/jobs/.
+--
+-- A running job's claim is the session-level advisory lock
+-- (herald._lock_space('job'), job id mod 2^32) held by the coordinator connection that
+-- runs it: a node that dies loses its claims with its connections, and that, not a timer,
+-- is how Herald finds its jobs (herald.rescue_jobs).
+
+------------------------------------------------------------------------------------------
+-- Job classes: how many jobs of a class may run at once, cluster-wide. DBAs tune them with
+-- plain SQL on the view herald.job_class; 'default' and 'posting' always exist.
+--
+-- The view shows the built-in classes with their defaults until someone changes them, and
+-- every class someone made or changed, which lives in herald.job_class_setting. Only that
+-- table is dumped: a restore (whole or --data-only) brings back exactly what users set,
+-- and never collides with the built-in rows a new CREATE EXTENSION has.
+------------------------------------------------------------------------------------------
+CREATE TABLE herald.job_class_setting (
+    name         text PRIMARY KEY
+        CONSTRAINT job_class_name_not_empty CHECK (pg_catalog.btrim(name) OPERATOR(pg_catalog.<>) ''),
+    -- NULL: unlimited. 0 pauses the class: nothing new starts.
+    max_running  integer
+        CONSTRAINT job_class_max_running_not_negative CHECK (max_running OPERATOR(pg_catalog.>=) 0),
+    -- A running job of a full class that has run this long no longer holds its slot: the
+    -- next waiting job may start beside it (and a WAIT_TIMEOUT alert fires once).
+    wait_timeout interval
+        CONSTRAINT job_class_wait_timeout_positive CHECK (wait_timeout OPERATOR(pg_catalog.>) '0'),
+    -- A job running longer fires a LONG_RUNNING alert once.
+    alert_after  interval
+        CONSTRAINT job_class_alert_after_positive CHECK (alert_after OPERATOR(pg_catalog.>) '0')
+);
+COMMENT ON TABLE herald.job_class_setting IS
+    'Job classes made or changed by users; read and change them through herald.job_class.';
+SELECT pg_catalog.pg_extension_config_dump('herald.job_class_setting', '');
+
+CREATE VIEW herald.job_class AS
+SELECT s.name, s.max_running, s.wait_timeout, s.alert_after,
+       s.name OPERATOR(pg_catalog.=) ANY ('{default,posting}'::pg_catalog.text[]) AS builtin
+  FROM herald.job_class_setting s
+UNION ALL
+SELECT b.name, b.max_running, b.wait_timeout, b.alert_after, true
+  FROM (VALUES ('default'::pg_catalog.text, NULL::integer, NULL::pg_catalog.interval,
+                '4 hours'::pg_catalog.interval),
+               ('posting', NULL, '10 minutes', '10 minutes')) b (name, max_running, wait_timeout, alert_after)
+ WHERE NOT EXISTS (SELECT 1 FROM herald.job_class_setting s WHERE s.name OPERATOR(pg_catalog.=) b.name);
+COMMENT ON VIEW herald.job_class IS
+    'Herald job classes: max_running (NULL: unlimited) holds cluster-wide, waiting jobs start '
+    'in submission order; UPDATE herald.job_class SET max_running = 1 WHERE name = ''posting'' '
+    'serializes posting runs. INSERT, UPDATE and DELETE work as on a table.';
+
+-- SECURITY DEFINER: whoever may change the view (herald_ops, say) changes the settings
+-- table behind it, and nothing else.
+CREATE FUNCTION herald._job_class_write() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.builtin
+       AND (TG_OP = 'DELETE' OR NEW.name IS DISTINCT FROM OLD.name) THEN
+        RAISE EXCEPTION 'job class "%" is built in and cannot be deleted or renamed', OLD.name
+            USING ERRCODE = '42809',
+                  HINT = 'Change its max_running, wait_timeout and alert_after instead.';
+    END IF;
+    IF TG_OP IN ('UPDATE', 'DELETE') AND (TG_OP = 'DELETE' OR NEW.name IS DISTINCT FROM OLD.name)
+       AND EXISTS (SELECT 1 FROM herald.job_type t WHERE t.class = OLD.name) THEN
+        RAISE EXCEPTION 'job class "%" is used by job types', OLD.name
+            USING ERRCODE = '2BP01',
+                  HINT = 'Drop those types first (herald.drop_job_type()).';
+    END IF;
+    IF TG_OP = 'INSERT' AND EXISTS (SELECT 1 FROM herald.job_class c WHERE c.name = NEW.name) THEN
+        RAISE EXCEPTION 'job class "%" already exists', NEW.name
+            USING ERRCODE = '23505', HINT = 'Change it with UPDATE herald.job_class.';
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        DELETE FROM herald.job_class_setting s WHERE s.name = OLD.name;
+        RETURN OLD;
+    END IF;
+    IF TG_OP = 'UPDATE' THEN
+        DELETE FROM herald.job_class_setting s WHERE s.name = OLD.name;
+    END IF;
+    INSERT INTO herald.job_class_setting (name, max_running, wait_timeout, alert_after)
+    VALUES (NEW.name, NEW.max_running, NEW.wait_timeout, NEW.alert_after);
+    NEW.builtin := NEW.name IN ('default', 'posting');
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER job_class_write INSTEAD OF INSERT OR UPDATE OR DELETE ON herald.job_class
+    FOR EACH ROW EXECUTE FUNCTION herald._job_class_write();
+
+------------------------------------------------------------------------------------------
+-- Job types: what a job runs, as whom, and how. Made with herald.create_job_type().
+------------------------------------------------------------------------------------------
+CREATE TABLE herald.job_type (
+    name              text PRIMARY KEY
+        CONSTRAINT job_type_name_not_empty CHECK (pg_catalog.btrim(name) OPERATOR(pg_catalog.<>) ''),
+    -- 'sql': call target(params jsonb) in the database; 'command': run the OS command
+    -- target with arguments from params (defined by Herald administrators only).
+    runner            text NOT NULL
+        CONSTRAINT job_type_runner CHECK (runner IN ('sql', 'command')),
+    -- sql: the function or procedure, as regprocedure text; command: the program.
+    target            text NOT NULL,
+    -- A class of herald.job_class (checked when the type is made; a class in use cannot
+    -- be deleted).
+    class             text NOT NULL DEFAULT 'default',
+    -- Hooks, SQL functions run as the type's owner:
+    -- after_creation(job bigint, params jsonb), in the submitting transaction;
+    -- before_completion(job bigint, params jsonb), an error means FINISHERROR;
+    -- after_completion(job bigint, params jsonb, commit boolean);
+    -- compensate(job bigint, params jsonb), on abort, and on error with gobackonerror.
+    after_creation    regprocedure,
+    before_completion regprocedure,
+    after_completion  regprocedure,
+    compensate        regprocedure,
+    startnow          boolean NOT NULL DEFAULT false,
+    autofinish        boolean NOT NULL DEFAULT true,
+    newthread         boolean NOT NULL DEFAULT false,
+    gobackonerror     boolean NOT NULL DEFAULT false,
+    -- Retry policy: a job that fails (its runner errors or its node dies) is run again after
+    -- retry_delay until it has been started max_attempts times.
+    max_attempts      integer NOT NULL DEFAULT 1
+        CONSTRAINT job_type_max_attempts_positive CHECK (max_attempts OPERATOR(pg_catalog.>=) 1),
+    retry_delay       interval NOT NULL DEFAULT '10 seconds'
+        CONSTRAINT job_type_retry_delay_not_negative CHECK (retry_delay OPERATOR(pg_catalog.>=) '0'),
+    -- The role whose privileges the target and the hooks run with.
+    owner             regrole NOT NULL DEFAULT (CURRENT_USER)::regrole,
+    -- Roles (with their members) that may submit jobs of this type, beside its owner and
+    -- Herald administrators.
+    submit_roles      regrole[] NOT NULL DEFAULT '{}',
+    created_at        timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE herald.job_type IS
+    'Herald job types; use herald.create_job_type() and herald.drop_job_type().';
+SELECT pg_catalog.pg_extension_config_dump('herald.job_type', '');
+
+------------------------------------------------------------------------------------------
+-- Jobs: one row per submitted job, kept after it ends (delete old ones as you like).
+-- Every state change is a guarded UPDATE (WHERE state = ...) made by Herald's functions.
+------------------------------------------------------------------------------------------
+CREATE TABLE herald.job (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- No foreign keys here: pg_restore loads herald's tables in name order with their
+    -- constraints in place, and job comes before job_type. herald.drop_job_type refuses
+    -- a type with jobs that have not ended.
+    type            text NOT NULL,
+    -- The type's class when submitted.
+    class           text NOT NULL,
+    params          jsonb NOT NULL DEFAULT '{}',
+    state           text NOT NULL DEFAULT 'CREATED'
+        CONSTRAINT job_state CHECK (state IN ('CREATED', 'STARTED', 'FINISHED', 'COMPLETED',
+                                              'STARTERROR', 'FINISHERROR', 'ABORTED')),
+    -- Narrows the class limit to the jobs with the same key (NULL: the class's own).
+    concurrency_key text,
+    notify_email    text,
+    submitted_by    regrole NOT NULL,
+    submitted_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    run_after       timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- The run now or last: which node, since when; how many times it was started.
+    node            text,
+    attempts        integer NOT NULL DEFAULT 0,
+    started_at      timestamptz,
+    finished_at     timestamptz,
+    ended_at        timestamptz,
+    -- The backend holding the job's claim while its runner runs (NULL otherwise: queued,
+    -- waiting for herald.mark_job_finished, or ended).
+    claim_pid       integer,
+    result          jsonb,
+    error           text,
+    -- Alerts fired for this run (each fires once).
+    wait_alerted_at timestamptz,
+    long_alerted_at timestamptz
+);
+CREATE INDEX job_waiting_idx ON herald.job (class, concurrency_key, id)
+    WHERE state OPERATOR(pg_catalog.=) 'CREATED';
+CREATE INDEX job_active_idx ON herald.job (class, concurrency_key)
+    WHERE state IN ('STARTED', 'FINISHED');
+CREATE INDEX job_state_idx ON herald.job (state, id);
+COMMENT ON TABLE herald.job IS
+    'Herald jobs: CREATED -> STARTED -> FINISHED -> COMPLETED, or STARTERROR, FINISHERROR, '
+    'ABORTED. Submit with herald.submit_job(); see herald.job_status.';
+-- Jobs are pending work: a dump keeps every job, and a restored job that was running when
+-- the dump was taken is found by herald.rescue_jobs (no claim holds it).
+SELECT pg_catalog.pg_extension_config_dump('herald.job', '');
+SELECT pg_catalog.pg_extension_config_dump('herald.job_id_seq', '');
+
+------------------------------------------------------------------------------------------
+-- What operators did to jobs by hand (herald.set_job_state, herald.abort_job,
+-- herald.retry_job).
+------------------------------------------------------------------------------------------
+CREATE TABLE herald.job_audit (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job        bigint NOT NULL,
+    action     text NOT NULL,
+    old_state  text,
+    new_state  text,
+    reason     text,
+    done_by    text NOT NULL DEFAULT CURRENT_USER,
+    done_at    timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+CREATE INDEX job_audit_job_idx ON herald.job_audit (job);
+COMMENT ON TABLE herald.job_audit IS 'Operator actions on Herald jobs.';
+SELECT pg_catalog.pg_extension_config_dump('herald.job_audit', '');
+SELECT pg_catalog.pg_extension_config_dump('herald.job_audit_id_seq', '');
+
+-- Functions (extension/src/jobs/, events/system.rs).
+-- extension/src/jobs/lifecycle.rs:618
+-- herald::jobs::lifecycle::abort_job
+CREATE  FUNCTION "abort_job"(
+	"job" bigint, /* Option < i64 > */
+	"reason" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS void
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'abort_job_wrapper';
+
+-- extension/src/events/system.rs:22
+-- herald::events::system::add_system_listener
+CREATE  FUNCTION "add_system_listener"(
+	"handler" TEXT, /* Option < & str > */
+	"event_types" TEXT, /* Option < & str > */
+	"queue" TEXT DEFAULT NULL, /* Option < & str > */
+	"sync" bool DEFAULT false /* Option < bool > */
+) RETURNS bigint /* i64 */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'add_system_listener_wrapper';
+
+-- extension/src/jobs/wait.rs:12
+-- herald::jobs::wait::await_jobs
+CREATE  FUNCTION "await_jobs"(
+	"timeout_ms" INT DEFAULT 1000 /* Option < i32 > */
+) RETURNS bool /* bool */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'await_jobs_wrapper';
+
+-- extension/src/jobs/lifecycle.rs:823
+-- herald::jobs::lifecycle::callout
+CREATE  FUNCTION "callout"(
+	"job" bigint, /* Option < i64 > */
+	"action" TEXT, /* Option < & str > */
+	"details" jsonb /* Option < pgrx :: JsonB > */
+) RETURNS void
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'callout_wrapper';
+
+-- extension/src/jobs/alerts.rs:16
+-- herald::jobs::alerts::check_job_alerts
+CREATE  FUNCTION "check_job_alerts"() RETURNS INT /* i32 */
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'check_job_alerts_wrapper';
+
+-- extension/src/jobs/lifecycle.rs:207
+-- herald::jobs::lifecycle::claim_next_job
+CREATE  FUNCTION "claim_next_job"(
+	"node" TEXT /* Option < & str > */
+) RETURNS TABLE (
+	"id" bigint,  /* i64 */
+	"r#type" TEXT,  /* String */
+	"runner" TEXT,  /* String */
+	"target" TEXT,  /* String */
+	"params" jsonb,  /* pgrx :: JsonB */
+	"newthread" bool  /* bool */
+)
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'claim_next_job_wrapper';
+
+-- extension/src/jobs/lifecycle.rs:495
+-- herald::jobs::lifecycle::complete_next_job
+CREATE  FUNCTION "complete_next_job"(
+	"node" TEXT /* Option < & str > */
+) RETURNS bigint /* Option < i64 > */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'complete_next_job_wrapper';
+
+-- extension/src/jobs/types.rs:17
+-- herald::jobs::types::create_job_type
+CREATE  FUNCTION "create_job_type"(
+	"name" TEXT, /* Option < & str > */
+	"target" TEXT, /* Option < & str > */
+	"runner" TEXT DEFAULT 'sql', /* Option < & str > */
+	"class" TEXT DEFAULT 'default', /* Option < & str > */
+	"after_creation" TEXT DEFAULT NULL, /* Option < & str > */
+	"before_completion" TEXT DEFAULT NULL, /* Option < & str > */
+	"after_completion" TEXT DEFAULT NULL, /* Option < & str > */
+	"compensate" TEXT DEFAULT NULL, /* Option < & str > */
+	"startnow" bool DEFAULT false, /* Option < bool > */
+	"autofinish" bool DEFAULT true, /* Option < bool > */
+	"newthread" bool DEFAULT false, /* Option < bool > */
+	"gobackonerror" bool DEFAULT false, /* Option < bool > */
+	"max_attempts" INT DEFAULT 1, /* Option < i32 > */
+	"retry_delay" interval DEFAULT '10 seconds', /* Option < Interval > */
+	"submit_roles" TEXT[] DEFAULT '{}' /* :: std :: option :: Option < Vec < Option < String > > > */
+) RETURNS void
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'create_job_type_wrapper';
+
+-- extension/src/jobs/types.rs:175
+-- herald::jobs::types::drop_job_type
+CREATE  FUNCTION "drop_job_type"(
+	"name" TEXT /* Option < & str > */
+) RETURNS void
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'drop_job_type_wrapper';
+
+-- extension/src/jobs/lifecycle.rs:470
+-- herald::jobs::lifecycle::fail_job
+CREATE  FUNCTION "fail_job"(
+	"job" bigint, /* Option < i64 > */
+	"error" TEXT /* Option < & str > */
+) RETURNS TEXT /* String */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'fail_job_wrapper';
+
+-- extension/src/jobs/lifecycle.rs:447
+-- herald::jobs::lifecycle::finish_job
+CREATE  FUNCTION "finish_job"(
+	"job" bigint, /* Option < i64 > */
+	"result" jsonb DEFAULT NULL /* Option < pgrx :: JsonB > */
+) RETURNS bool /* bool */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'finish_job_wrapper';
+
+-- extension/src/jobs/lifecycle.rs:586
+-- herald::jobs::lifecycle::mark_job_finished
+CREATE  FUNCTION "mark_job_finished"(
+	"job" bigint, /* Option < i64 > */
+	"result" jsonb DEFAULT NULL /* Option < pgrx :: JsonB > */
+) RETURNS void
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'mark_job_finished_wrapper';
+
+-- extension/src/jobs/lifecycle.rs:761
+-- herald::jobs::lifecycle::rescue_jobs
+CREATE  FUNCTION "rescue_jobs"() RETURNS INT /* i32 */
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rescue_jobs_wrapper';
+
+-- extension/src/jobs/lifecycle.rs:655
+-- herald::jobs::lifecycle::retry_job
+CREATE  FUNCTION "retry_job"(
+	"job" bigint /* Option < i64 > */
+) RETURNS void
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'retry_job_wrapper';
+
+-- extension/src/jobs/lifecycle.rs:290
+-- herald::jobs::lifecycle::run_job
+CREATE  FUNCTION "run_job"(
+	"job" bigint /* Option < i64 > */
+) RETURNS TEXT /* String */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'run_job_wrapper';
+
+-- extension/src/jobs/lifecycle.rs:670
+-- herald::jobs::lifecycle::set_job_state
+CREATE  FUNCTION "set_job_state"(
+	"job" bigint, /* Option < i64 > */
+	"state" TEXT, /* Option < & str > */
+	"reason" TEXT /* Option < & str > */
+) RETURNS void
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'set_job_state_wrapper';
+
+-- extension/src/jobs/submit.rs:27
+-- herald::jobs::submit::submit_job
+CREATE  FUNCTION "submit_job"(
+	"r#type" TEXT, /* Option < & str > */
+	"params" jsonb DEFAULT '{}', /* Option < pgrx :: JsonB > */
+	"concurrency_key" TEXT DEFAULT NULL, /* Option < & str > */
+	"notify_email" TEXT DEFAULT NULL, /* Option < & str > */
+	"run_after" timestamp with time zone DEFAULT NULL /* Option < TimestampWithTimeZone > */
+) RETURNS bigint /* i64 */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'submit_job_wrapper';
+
+-- Nothing new is open to PUBLIC (sql/privileges.sql).
+DO $$
+DECLARE f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace = 'herald'::regnamespace
+                AND p.proname = ANY (ARRAY['_job_class_write', 'abort_job', 'add_system_listener', 'await_jobs', 'callout', 'check_job_alerts', 'claim_next_job', 'complete_next_job', 'create_job_type', 'drop_job_type', 'fail_job', 'finish_job', 'mark_job_finished', 'rescue_jobs', 'retry_job', 'run_job', 'set_job_state', 'submit_job'])
+    LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+    END LOOP;
+END
+$$;
