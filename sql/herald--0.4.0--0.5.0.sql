@@ -262,7 +262,7 @@ CREATE  FUNCTION "claim_next_job"(
 	"node" TEXT /* Option < & str > */
 ) RETURNS TABLE (
 	"id" bigint,  /* i64 */
-	"r#type" TEXT,  /* String */
+	"job_type" TEXT,  /* String */
 	"runner" TEXT,  /* String */
 	"target" TEXT,  /* String */
 	"params" jsonb,  /* pgrx :: JsonB */

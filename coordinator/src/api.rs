@@ -264,6 +264,219 @@ pub async fn coordinator_nodes(client: &Client) -> Result<Vec<NodeConnections>, 
         .collect())
 }
 
+/// How a job's work is done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runner {
+    /// A function or procedure in the database: `herald.run_job` on the claiming connection.
+    Sql,
+    /// An OS command run by the coordinator.
+    Command,
+}
+
+/// A job this connection has claimed (`herald.claim_next_job`): it is STARTED and this
+/// connection holds its claim until it reports the job's end.
+#[derive(Clone, Debug)]
+pub struct ClaimedJob {
+    pub id: i64,
+    pub r#type: String,
+    pub runner: Runner,
+    /// sql: the function; command: the program.
+    pub target: String,
+    pub params: serde_json::Value,
+    /// Run concurrently, not inline in the manager's loop.
+    pub newthread: bool,
+}
+
+/// `herald.claim_next_job`: start the next job that may start now, claimed by `client`.
+pub async fn claim_next_job(client: &Client, node: &str) -> Result<Option<ClaimedJob>, ApiError> {
+    let row = client
+        .query_opt(
+            "SELECT id, job_type, runner, target, params::text, newthread FROM herald.claim_next_job($1)",
+            &[&node],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let runner = match row.get::<_, &str>(2) {
+        "sql" => Runner::Sql,
+        "command" => Runner::Command,
+        other => {
+            return Err(ApiError::Unexpected {
+                call: "claim_next_job",
+                value: other.to_string(),
+            })
+        }
+    };
+    let params: &str = row.get(4);
+    Ok(Some(ClaimedJob {
+        id: row.get(0),
+        r#type: row.get(1),
+        runner,
+        target: row.get(3),
+        params: serde_json::from_str(params).map_err(|_| ApiError::Unexpected {
+            call: "claim_next_job",
+            value: params.to_string(),
+        })?,
+        newthread: row.get(5),
+    }))
+}
+
+/// `herald.run_job`: run a claimed `sql` job on the connection that claimed it; returns the
+/// job's state afterwards (FINISHED, STARTED without autofinish, CREATED for a retry,
+/// STARTERROR).
+pub async fn run_job(client: &Client, job: i64) -> Result<String, ApiError> {
+    Ok(client
+        .query_one("SELECT herald.run_job($1)", &[&job])
+        .await?
+        .get(0))
+}
+
+/// `herald.finish_job`: a claimed job's runner (here: a command) did its work.
+pub async fn finish_job(
+    client: &Client,
+    job: i64,
+    result: &serde_json::Value,
+) -> Result<bool, ApiError> {
+    Ok(client
+        .query_one(
+            "SELECT herald.finish_job($1, $2::text::jsonb)",
+            &[&job, &result.to_string()],
+        )
+        .await?
+        .get(0))
+}
+
+/// `herald.fail_job`: a claimed job's runner failed; returns the job's state afterwards.
+pub async fn fail_job(client: &Client, job: i64, error: &str) -> Result<String, ApiError> {
+    Ok(client
+        .query_one("SELECT herald.fail_job($1, $2)", &[&job, &error])
+        .await?
+        .get(0))
+}
+
+/// `herald.callout`: record a CALLOUT event (`begin`/`end`) of a claimed command job.
+pub async fn callout(
+    client: &Client,
+    job: i64,
+    action: &str,
+    details: &serde_json::Value,
+) -> Result<(), ApiError> {
+    client
+        .execute(
+            "SELECT herald.callout($1, $2, $3::text::jsonb)",
+            &[&job, &action, &details.to_string()],
+        )
+        .await?;
+    Ok(())
+}
+
+/// `herald.complete_next_job`: complete the oldest FINISHED job; its id, None when none.
+pub async fn complete_next_job(client: &Client, node: &str) -> Result<Option<i64>, ApiError> {
+    Ok(client
+        .query_one("SELECT herald.complete_next_job($1)", &[&node])
+        .await?
+        .get(0))
+}
+
+/// `herald.rescue_jobs`: retry or fail the jobs whose claim is gone; how many.
+pub async fn rescue_jobs(client: &Client) -> Result<i32, ApiError> {
+    Ok(client
+        .query_one("SELECT herald.rescue_jobs()", &[])
+        .await?
+        .get(0))
+}
+
+/// `herald.check_job_alerts`: fire due WAIT_TIMEOUT and LONG_RUNNING alerts; how many.
+pub async fn check_job_alerts(client: &Client) -> Result<i32, ApiError> {
+    Ok(client
+        .query_one("SELECT herald.check_job_alerts()", &[])
+        .await?
+        .get(0))
+}
+
+/// `herald.await_jobs`: sleep in the server until a commit may have made a job startable,
+/// at most `timeout_ms`; true when woken.
+pub async fn await_jobs(client: &Client, timeout_ms: i32) -> Result<bool, ApiError> {
+    Ok(client
+        .query_one("SELECT herald.await_jobs($1)", &[&timeout_ms])
+        .await?
+        .get(0))
+}
+
+/// Jobs of one class in one state, for `herald status`.
+#[derive(Clone, Debug)]
+pub struct JobCount {
+    pub class: String,
+    pub max_running: Option<i32>,
+    pub state: String,
+    pub jobs: i64,
+}
+
+/// How many jobs each class has in each state (ended jobs of the last day only).
+pub async fn job_counts(client: &Client) -> Result<Vec<JobCount>, ApiError> {
+    let rows = client
+        .query(
+            "SELECT j.class, c.max_running, j.state, count(*)::int8
+               FROM herald.job j LEFT JOIN herald.job_class c ON c.name = j.class
+              WHERE j.ended_at IS NULL OR j.ended_at > now() - interval '1 day'
+              GROUP BY 1, 2, 3 ORDER BY 1, 3",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| JobCount {
+            class: r.get(0),
+            max_running: r.get(1),
+            state: r.get(2),
+            jobs: r.get(3),
+        })
+        .collect())
+}
+
+/// A job that runs or waits, for `herald status`.
+#[derive(Clone, Debug)]
+pub struct ActiveJob {
+    pub id: i64,
+    pub r#type: String,
+    pub class: String,
+    pub state: String,
+    pub node: Option<String>,
+    pub concurrency_key: Option<String>,
+    /// How long it has run (running) or waited (waiting), as PostgreSQL prints an interval.
+    pub age: String,
+}
+
+/// Running jobs (STARTED, FINISHED) and waiting ones (CREATED), the oldest first; at most
+/// `limit` of each.
+pub async fn active_jobs(client: &Client, limit: i64) -> Result<Vec<ActiveJob>, ApiError> {
+    let rows = client
+        .query(
+            "(SELECT id, type, class, state, node, concurrency_key,
+                     date_trunc('second', now() - started_at)::text
+                FROM herald.job WHERE state IN ('STARTED', 'FINISHED') ORDER BY id LIMIT $1)
+             UNION ALL
+             (SELECT id, type, class, state, node, concurrency_key,
+                     date_trunc('second', now() - submitted_at)::text
+                FROM herald.job WHERE state = 'CREATED' ORDER BY id LIMIT $1)",
+            &[&limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| ActiveJob {
+            id: r.get(0),
+            r#type: r.get(1),
+            class: r.get(2),
+            state: r.get(3),
+            node: r.get(4),
+            concurrency_key: r.get(5),
+            age: r.get(6),
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,6 +36,9 @@ pub struct RunArgs {
     /// Node name shown in monitoring; defaults to the host name.
     #[arg(long, env = "HERALD_NODE")]
     pub node: Option<String>,
+    /// Jobs this coordinator runs at once (each on a connection of its own while it runs).
+    #[arg(long, env = "HERALD_JOB_RUNNERS", default_value_t = 4)]
+    pub job_runners: usize,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -57,6 +60,8 @@ pub enum ConfigError {
     BadUrl(String),
     #[error("invalid node name {0:?}: use letters, digits, '-', '_' or '.' (at most 48)")]
     BadNode(String),
+    #[error("--job-runners must be between 1 and 1000, not {0}")]
+    BadJobRunners(usize),
 }
 
 /// Validated settings of `herald run`.
@@ -64,6 +69,7 @@ pub enum ConfigError {
 pub struct RunConfig {
     pub database: tokio_postgres::Config,
     pub node: String,
+    pub job_runners: usize,
 }
 
 impl RunConfig {
@@ -81,7 +87,14 @@ impl RunConfig {
         if !valid {
             return Err(ConfigError::BadNode(node));
         }
-        Ok(RunConfig { database, node })
+        if !(1..=1000).contains(&args.job_runners) {
+            return Err(ConfigError::BadJobRunners(args.job_runners));
+        }
+        Ok(RunConfig {
+            database,
+            node,
+            job_runners: args.job_runners,
+        })
     }
 }
 
@@ -123,6 +136,7 @@ mod tests {
                 database_url: url.map(str::to_string),
             },
             node: node.map(str::to_string),
+            job_runners: 4,
         }
     }
 

@@ -1,12 +1,14 @@
 //! The coordinator: keeps a control connection (LISTEN herald_queues), and every second or
 //! on notification claims the running queues nobody drains. When the database goes away
-//! everything is dropped and claimed again once it is back.
+//! everything is dropped and claimed again once it is back. Beside it runs the job manager
+//! (`jobs::manager`), with connections of its own.
 use std::time::Duration;
-use tracing::instrument;
+use tracing::{instrument, Instrument};
 
 use crate::api::{self, ApiError};
 use crate::config::RunConfig;
 use crate::db;
+use crate::jobs::manager::{self as job_manager, JobSettings};
 use crate::queues::claims::Claims;
 use crate::service::{self, Backoff};
 use crate::shutdown::Shutdown;
@@ -55,10 +57,13 @@ impl Coordinator {
     /// every other failure is retried with back-off.
     #[instrument(name = "coordinator", skip_all, fields(node = %self.config.node))]
     pub async fn run(mut self) -> Result<(), RunError> {
+        // The job manager keeps its own connections (and reconnects on its own); it starts
+        // once the first contact shows the configuration is good.
+        let mut jobs = None;
         let mut first = true;
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         while !self.shutdown.is_stopping() {
-            match self.session(first, &mut backoff).await {
+            match self.session(first, &mut backoff, &mut jobs).await {
                 Ok(()) => break,
                 Err(RunError::NotInstalled) if first => return Err(RunError::NotInstalled),
                 Err(e) => {
@@ -76,16 +81,38 @@ impl Coordinator {
             first = false;
         }
         self.claims.stop().await;
+        if let Some(jobs) = jobs {
+            let _ = jobs.await;
+        }
         tracing::info!("stopped");
         Ok(())
     }
 
     /// One connected period: returns Ok on shutdown, Err when the connection fails.
-    async fn session(&mut self, first: bool, backoff: &mut Backoff) -> Result<(), RunError> {
+    async fn session(
+        &mut self,
+        first: bool,
+        backoff: &mut Backoff,
+        jobs: &mut Option<tokio::task::JoinHandle<()>>,
+    ) -> Result<(), RunError> {
         let (control, mut notifications) =
             db::connect_listening(&self.config.database, &self.config.node).await?;
         if !api::extension_installed(&control).await? {
             return Err(RunError::NotInstalled);
+        }
+        if jobs.is_none() {
+            let settings = JobSettings {
+                runners: self.config.job_runners,
+            };
+            *jobs = Some(tokio::spawn(
+                job_manager::run(
+                    self.config.database.clone(),
+                    self.config.node.clone(),
+                    settings,
+                    self.shutdown.clone(),
+                )
+                .in_current_span(),
+            ));
         }
         backoff.reset();
         if first {

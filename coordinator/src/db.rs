@@ -14,6 +14,19 @@ pub async fn connect(config: &Config, node: &str) -> Result<Client, tokio_postgr
     Ok(client)
 }
 
+/// A connection that runs jobs: the server checks every second that the coordinator is
+/// still there (`client_connection_check_interval`), so a job's statement ends soon after
+/// its coordinator died, and TCP keepalives notice a host that vanished; either way the
+/// job's claim goes with the connection.
+pub async fn connect_runner(config: &Config, node: &str) -> Result<Client, tokio_postgres::Error> {
+    let mut config = config.clone();
+    config.options(
+        "-c client_connection_check_interval=1000 -c tcp_keepalives_idle=10 \
+         -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3",
+    );
+    connect(&config, node).await
+}
+
 /// Connect and forward NOTIFY payloads of the channels this client LISTENs to.
 pub async fn connect_listening(
     config: &Config,

@@ -1,4 +1,5 @@
-//! The Herald coordinator: a stateless sidecar that drains Herald's event queues.
+//! The Herald coordinator: a stateless sidecar that drains Herald's event queues and runs
+//! its jobs.
 //!
 //! Any number of coordinators may run against one database; they are the cluster. All
 //! state lives in PostgreSQL: a coordinator owns a queue for as long as its connection holds
@@ -12,8 +13,8 @@
 //!    the installed server binaries)
 //! 3. [`api`]: the typed boundary to the extension, one function per `herald.*` call
 //! 4. areas, each a folder of tasks built on `api`, `db`, `service` and `shutdown` only:
-//!    [`queues`] (claiming queues, draining them). Later, when there is code for them:
-//!    `jobs/` (job runners and the job manager), `reports/` with `reports/channels/`
+//!    [`queues`] (claiming queues, draining them), [`jobs`] (the job manager and the
+//!    runners). Later, when there is code for them: `reports/` with `reports/channels/`
 //!    (generation, and one module per output channel), `maintenance/` (tasks on an
 //!    elected node) and `web/` (the dashboard). What two areas share moves down a layer.
 //! 5. [`coordinator`] (wires the areas to one control connection), [`status`]
@@ -28,6 +29,7 @@ pub mod config;
 pub mod coordinator;
 pub mod db;
 pub mod demo;
+pub mod jobs;
 pub mod queues;
 pub mod service;
 pub mod shutdown;

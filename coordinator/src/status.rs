@@ -1,4 +1,5 @@
-//! `herald status`: queues, backlogs, and which node drains what.
+//! `herald status`: queues, backlogs, and which node drains what; jobs by class and state,
+//! what runs where and what waits for which class.
 use tokio_postgres::Client;
 
 use crate::api::{self, ApiError};
@@ -36,6 +37,7 @@ pub async fn print(client: &Client) -> Result<(), ApiError> {
     if queues.is_empty() {
         println!("(no queues: INSERT INTO herald.event_queue (name, event_run) VALUES ('MyEventQueue', 1);)");
     }
+    print_jobs(client).await?;
     let nodes = api::coordinator_nodes(client).await?;
     println!();
     println!(
@@ -47,6 +49,56 @@ pub async fn print(client: &Client) -> Result<(), ApiError> {
     }
     if nodes.is_empty() {
         println!("(no coordinator is connected)");
+    }
+    Ok(())
+}
+
+async fn print_jobs(client: &Client) -> Result<(), ApiError> {
+    let counts = api::job_counts(client).await?;
+    println!();
+    println!(
+        "{:<16} {:>11} {:<12} {:>7}",
+        "job class", "max_running", "state", "jobs"
+    );
+    for c in &counts {
+        println!(
+            "{:<16} {:>11} {:<12} {:>7}",
+            c.class,
+            c.max_running
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| "unlimited".into()),
+            c.state,
+            c.jobs
+        );
+    }
+    if counts.is_empty() {
+        println!("(no jobs in the last day)");
+        return Ok(());
+    }
+    let active = api::active_jobs(client, 20).await?;
+    if active.is_empty() {
+        return Ok(());
+    }
+    println!();
+    println!(
+        "{:>8} {:<20} {:<12} {:<10} {:<20} {:<12} for",
+        "job", "type", "class", "state", "node", "key"
+    );
+    for j in &active {
+        let node = match j.state.as_str() {
+            "CREATED" => format!("waits for {}", j.class),
+            _ => j.node.clone().unwrap_or_else(|| "-".into()),
+        };
+        println!(
+            "{:>8} {:<20} {:<12} {:<10} {:<20} {:<12} {}",
+            j.id,
+            j.r#type,
+            j.class,
+            j.state,
+            node,
+            j.concurrency_key.as_deref().unwrap_or("-"),
+            j.age
+        );
     }
     Ok(())
 }

@@ -127,6 +127,16 @@ impl Coordinator {
         }
     }
 
+    /// SIGSTOP: the process and its connections stay, it just does nothing (a stalled node).
+    pub fn pause(&self) {
+        unsafe { libc::kill(self.pid(), libc::SIGSTOP) };
+    }
+
+    /// SIGCONT after [`Coordinator::pause`].
+    pub fn resume(&self) {
+        unsafe { libc::kill(self.pid(), libc::SIGCONT) };
+    }
+
     /// SIGTERM, then wait (at most 30 s) for a graceful exit.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut c = self.child.take().expect("coordinator already stopped");

@@ -58,8 +58,8 @@ pub fn load(job: i64, lock: bool) -> Option<Job> {
         if lock { "FOR UPDATE OF j" } else { "" }
     );
     catalog::as_owner(|| {
-        errors::spi(Spi::connect(|client| {
-            let rows = client.select(&sql, Some(1), &[job.into()])?;
+        errors::spi(Spi::connect_mut(|client| {
+            let rows = client.update(&sql, Some(1), &[job.into()])?;
             if rows.is_empty() {
                 return Ok::<_, pgrx::spi::SpiError>(None);
             }
@@ -212,7 +212,7 @@ fn claim_next_job(
     'static,
     (
         name!(id, i64),
-        name!(r#type, String),
+        name!(job_type, String),
         name!(runner, String),
         name!(target, String),
         name!(params, pgrx::JsonB),
@@ -762,9 +762,9 @@ fn audit(job: i64, action: &str, old: State, new: State, reason: Option<&str>) {
 fn rescue_jobs() -> i32 {
     catalog::require_primary("herald.rescue_jobs()");
     let candidates: Vec<i64> = catalog::as_owner(|| {
-        errors::spi(Spi::connect(|client| {
+        errors::spi(Spi::connect_mut(|client| {
             let mut out = Vec::new();
-            for r in client.select(
+            for r in client.update(
                 "SELECT id FROM herald.job
                   WHERE state OPERATOR(pg_catalog.=) 'STARTED' AND claim_pid IS NOT NULL
                   ORDER BY id FOR UPDATE SKIP LOCKED",

@@ -1,0 +1,225 @@
+//! The job manager: one per coordinator. Each turn it
+//! 1. rescues jobs whose claim is gone (`herald.rescue_jobs`: their node died) and fires
+//!    due alerts (`herald.check_job_alerts`),
+//! 2. completes FINISHED jobs (`herald.complete_next_job`),
+//! 3. claims and starts jobs while it has a free runner (`herald.claim_next_job`): a
+//!    `newthread` job runs in a task of its own, any other inline, before the next claim,
+//! 4. waits in `herald.await_jobs` until a commit makes a job startable (a `startnow`
+//!    submit, a slot freed, a retry, a job finished outside Herald) or the tick passes.
+//!
+//! A job runs on the connection that claimed it, which holds the job's claim until the
+//! run ends: if this coordinator dies, its connections close, the claims go, and any
+//! manager's next rescue finds the job. Runner connections check for a vanished client
+//! every second (`client_connection_check_interval`), so a job's statement does not
+//! outlive its coordinator, and use TCP keepalives, so a dead host is noticed.
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_postgres::{Client, Config};
+use tracing::Instrument;
+
+use super::command;
+use crate::api::{self, ApiError, ClaimedJob, Runner};
+use crate::db;
+use crate::service::{self, Backoff};
+use crate::shutdown::Shutdown;
+
+/// The longest wait between two turns.
+const TICK: Duration = Duration::from_secs(1);
+
+/// How a coordinator runs jobs.
+#[derive(Clone, Debug)]
+pub struct JobSettings {
+    /// Jobs this coordinator runs at once (each on a connection of its own while it runs).
+    pub runners: usize,
+}
+
+/// Run the job manager until shutdown, reconnecting with back-off after failures. On
+/// shutdown it starts nothing new and waits for the jobs that run.
+pub async fn run(database: Config, node: String, settings: JobSettings, shutdown: Shutdown) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut manager = Manager {
+        database,
+        node,
+        settings,
+        shutdown: shutdown.clone(),
+        idle: Vec::new(),
+        running: 0,
+        returned: mpsc::unbounded_channel(),
+    };
+    while !shutdown.is_stopping() {
+        match manager.session(&mut backoff).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!("job manager: {e}; retrying");
+                manager.idle.clear();
+                service::pause(backoff.next_delay(), &shutdown).await;
+            }
+        }
+    }
+    manager.wait_for_runs().await;
+}
+
+struct Manager {
+    database: Config,
+    node: String,
+    settings: JobSettings,
+    shutdown: Shutdown,
+    /// Runner connections holding no claim.
+    idle: Vec<Client>,
+    /// Jobs running in tasks of their own; each returns its connection when done.
+    running: usize,
+    returned: (
+        mpsc::UnboundedSender<Client>,
+        mpsc::UnboundedReceiver<Client>,
+    ),
+}
+
+impl Manager {
+    async fn session(&mut self, backoff: &mut Backoff) -> Result<(), ApiError> {
+        let control = db::connect(&self.database, &self.node).await?;
+        if api::in_recovery(&control).await? {
+            // A standby runs no jobs; look again after a while.
+            service::pause(Duration::from_secs(2), &self.shutdown).await;
+            return Err(ApiError::Unexpected {
+                call: "claim_next_job",
+                value: "the server is a standby (read-only)".into(),
+            });
+        }
+        backoff.reset();
+        let mut stop = self.shutdown.clone();
+        loop {
+            self.take_back_returned();
+            if self.shutdown.is_stopping() {
+                return Ok(());
+            }
+            let rescued = api::rescue_jobs(&control).await?;
+            if rescued > 0 {
+                tracing::warn!(rescued, "rescued jobs whose node lost its claim");
+            }
+            api::check_job_alerts(&control).await?;
+            complete_finished(&control, &self.node).await?;
+            self.start_jobs(&control).await?;
+            let wait = api::await_jobs(&control, TICK.as_millis() as i32);
+            match service::unless_stopped(wait, &mut stop).await {
+                Some(woken) => {
+                    woken?;
+                }
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Claim and start jobs while a runner is free.
+    async fn start_jobs(&mut self, control: &Client) -> Result<(), ApiError> {
+        while !self.shutdown.is_stopping() {
+            self.take_back_returned();
+            if self.running >= self.settings.runners {
+                return Ok(());
+            }
+            let conn = match self.idle.pop() {
+                Some(c) if !c.is_closed() => c,
+                _ => db::connect_runner(&self.database, &self.node).await?,
+            };
+            let job = match api::claim_next_job(&conn, &self.node).await {
+                Ok(Some(job)) => job,
+                Ok(None) => {
+                    self.idle.push(conn);
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!("claiming a job failed: {e}");
+                    return Ok(());
+                }
+            };
+            tracing::info!(job = job.id, r#type = %job.r#type, "started");
+            if job.newthread {
+                self.running += 1;
+                let (node, back) = (self.node.clone(), self.returned.0.clone());
+                tokio::spawn(
+                    async move {
+                        run_claimed(&conn, &job, &node).await;
+                        let _ = back.send(conn);
+                    }
+                    .in_current_span(),
+                );
+            } else {
+                run_claimed(&conn, &job, &self.node).await;
+                self.idle.push(conn);
+                complete_finished(control, &self.node).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn take_back_returned(&mut self) {
+        while let Ok(conn) = self.returned.1.try_recv() {
+            self.running -= 1;
+            if !conn.is_closed() {
+                self.idle.push(conn);
+            }
+        }
+    }
+
+    async fn wait_for_runs(&mut self) {
+        while self.running > 0 {
+            if self.returned.1.recv().await.is_none() {
+                break;
+            }
+            self.running -= 1;
+        }
+    }
+}
+
+/// Complete every FINISHED job nobody completes now.
+async fn complete_finished(client: &Client, node: &str) -> Result<(), ApiError> {
+    while let Some(job) = api::complete_next_job(client, node).await? {
+        tracing::debug!(job, "completed");
+    }
+    Ok(())
+}
+
+/// Run a job claimed on `conn` and report its end there. Errors are logged: the job's
+/// state in the database says what happened, and a connection that broke took the claim
+/// with it (the job is rescued).
+async fn run_claimed(conn: &Client, job: &ClaimedJob, node: &str) {
+    let span = tracing::info_span!("job", id = job.id, r#type = %job.r#type);
+    async {
+        match job.runner {
+            Runner::Sql => match api::run_job(conn, job.id).await {
+                Ok(state) => tracing::info!(%state, "ran"),
+                Err(e) => report_failure(conn, job, &e.to_string()).await,
+            },
+            Runner::Command => match command::run(conn, job).await {
+                Ok(outcome) if outcome.ok => {
+                    if let Err(e) = api::finish_job(conn, job.id, &outcome.result).await {
+                        tracing::warn!("cannot record the command's success: {e}");
+                    } else {
+                        tracing::info!("command done");
+                    }
+                }
+                Ok(outcome) => {
+                    let error = outcome.error.unwrap_or_else(|| "command failed".into());
+                    report_failure(conn, job, &error).await;
+                }
+                Err(e) => report_failure(conn, job, &e.to_string()).await,
+            },
+        }
+        if let Err(e) = complete_finished(conn, node).await {
+            tracing::debug!("completion after the run: {e}");
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn report_failure(conn: &Client, job: &ClaimedJob, error: &str) {
+    if conn.is_closed() {
+        tracing::warn!("the job's connection broke ({error}); it will be rescued");
+        return;
+    }
+    match api::fail_job(conn, job.id, error).await {
+        Ok(state) => tracing::warn!(%state, "failed: {error}"),
+        Err(e) => tracing::warn!("failed ({error}), and recording that failed too: {e}"),
+    }
+}

@@ -1,0 +1,384 @@
+//! Jobs end to end (issue #11), with three coordinators: serialized postings never overlap
+//! and start in submission order; without serialization they overlap; a concurrency key
+//! serializes per key only; the wait timeout lets the next job start and alerts once; a
+//! coordinator killed mid-job has its job found by its lost claim and retried, never run
+//! twice at once; a coordinator that is only paused keeps its job.
+//!
+//! Postings check for overlap from the inside: each takes a transaction-level advisory
+//! lock with `pg_try_advisory_xact_lock` and fails if another run holds it.
+use herald_tests::*;
+use std::time::Duration;
+use tokio_postgres::Client;
+
+const SETUP: &str = r#"
+CREATE TABLE runs (job bigint, n int, key text, node text,
+                   started timestamptz, ended timestamptz);
+-- A posting: refuses to run beside another (same lock), records when it ran.
+CREATE FUNCTION post(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE t0 timestamptz := clock_timestamp();
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(4242, coalesce(p->>'lock', '0')::int) THEN
+        RAISE EXCEPTION 'another posting runs at the same time';
+    END IF;
+    PERFORM pg_sleep(coalesce((p->>'sleep')::float8, 0));
+    INSERT INTO runs VALUES ((p->>'job')::bigint, (p->>'n')::int, p->>'key',
+                             substr(current_setting('application_name'), 8), t0, clock_timestamp());
+    RETURN jsonb_build_object('n', p->'n');
+END $$;
+-- A report: no lock, records when it ran.
+CREATE FUNCTION report(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE t0 timestamptz := clock_timestamp();
+BEGIN
+    PERFORM pg_sleep(coalesce((p->>'sleep')::float8, 0));
+    INSERT INTO runs VALUES (NULL, (p->>'n')::int, p->>'key',
+                             substr(current_setting('application_name'), 8), t0, clock_timestamp());
+END $$;
+SELECT herald.create_job_type('posting', 'post', class => 'posting');
+SELECT herald.create_job_type('report', 'report', newthread => true);
+"#;
+
+async fn start(coordinators: usize) -> (Env, Client, Vec<Coordinator>) {
+    let (env, db) = Env::start_with(SETUP).await;
+    let nodes = (0..coordinators)
+        .map(|i| env.coordinator(&format!("node{i}")))
+        .collect();
+    (env, db, nodes)
+}
+
+/// Submit `count` jobs of `type` from `sessions` concurrent sessions; params carry `n`
+/// (the submission's number in its session), `session`, and `extra`.
+async fn submit_concurrently(env: &Env, r#type: &str, sessions: i32, count: i32, extra: &str) {
+    let mut tasks = Vec::new();
+    for s in 0..sessions {
+        let (url, t, extra) = (env.url(), r#type.to_string(), extra.to_string());
+        tasks.push(tokio::spawn(async move {
+            let c = connect(&url).await;
+            for i in 0..count / sessions {
+                let n = s * 1000 + i;
+                c.execute(
+                    &format!(
+                        "SELECT herald.submit_job($1, jsonb_build_object('n', $2::int) || '{extra}'::jsonb)"
+                    ),
+                    &[&t, &n],
+                )
+                .await
+                .expect("submit");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+async fn wait_all_ended(db: &Client, seconds: u64) {
+    wait_for(
+        db,
+        "SELECT count(*) = 0 FROM herald.job WHERE state IN ('CREATED', 'STARTED', 'FINISHED')",
+        seconds,
+        "every job to end",
+    )
+    .await;
+}
+
+/// The most runs of `runs` that were ever running at once (counting only the runs `b`
+/// that pass `filter` beside each run `a`: `b.key = a.key` for one key's runs).
+async fn max_overlap(db: &Client, filter: &str) -> i64 {
+    count(
+        db,
+        &format!(
+            "SELECT coalesce(max(c), 0)::int8 FROM (
+                 SELECT (SELECT count(*) FROM runs b WHERE {filter}
+                          AND b.started < a.ended AND a.started < b.ended) AS c
+                   FROM runs a) x"
+        ),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serialized_postings_never_overlap_and_start_in_submission_order() {
+    let (env, db, _nodes) = start(3).await;
+    db.batch_execute("UPDATE herald.job_class SET max_running = 1 WHERE name = 'posting'")
+        .await
+        .unwrap();
+    submit_concurrently(&env, "posting", 10, 200, "{}").await;
+    wait_all_ended(&db, 120).await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM herald.job WHERE state = 'COMPLETED'"
+        )
+        .await,
+        200,
+        "every posting completed (none failed its overlap check)"
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM runs").await, 200);
+    // Recorded times: no run of a job started before the previous job's run ended.
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM (SELECT started_at, lag(finished_at) OVER (ORDER BY started_at) AS prev
+                                     FROM herald.job) x WHERE started_at < prev"
+        )
+        .await,
+        0,
+        "no two postings overlapped"
+    );
+    assert_eq!(max_overlap(&db, "true").await, 1);
+    // Submission order: by start time, the job ids only grow.
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM (SELECT id, lag(id) OVER (ORDER BY started_at) AS prev
+                                     FROM herald.job) x WHERE id < prev"
+        )
+        .await,
+        0,
+        "postings started in submission order"
+    );
+    // Several nodes took part.
+    assert!(count(&db, "SELECT count(DISTINCT node) FROM herald.job").await >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_serialization_postings_overlap() {
+    let (env, db, _nodes) = start(3).await;
+    db.batch_execute(
+        "SELECT herald.create_job_type('parallel_posting', 'report', class => 'posting', newthread => true)",
+    )
+    .await
+    .unwrap();
+    submit_concurrently(&env, "parallel_posting", 4, 24, r#"{"sleep": 0.3}"#).await;
+    wait_all_ended(&db, 60).await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM herald.job WHERE state = 'COMPLETED'"
+        )
+        .await,
+        24
+    );
+    assert!(
+        max_overlap(&db, "true").await > 1,
+        "with max_running NULL (the default), postings run side by side"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_key_serializes_per_key_only() {
+    let (env, db, _nodes) = start(3).await;
+    db.batch_execute(
+        "UPDATE herald.job_class SET max_running = 1 WHERE name = 'posting';
+         SELECT herald.create_job_type('company_posting', 'report', class => 'posting', newthread => true);",
+    )
+    .await
+    .unwrap();
+    let c = env.connect().await;
+    for i in 0..8 {
+        for key in ["company 1", "company 2"] {
+            c.execute(
+                "SELECT herald.submit_job('company_posting',
+                        jsonb_build_object('n', $1::int, 'key', $2::text, 'sleep', 0.15),
+                        concurrency_key => $2)",
+                &[&i, &key],
+            )
+            .await
+            .unwrap();
+        }
+    }
+    wait_all_ended(&db, 60).await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM herald.job WHERE state = 'COMPLETED'"
+        )
+        .await,
+        16
+    );
+    assert_eq!(
+        max_overlap(&db, "b.key = a.key").await,
+        1,
+        "one at a time per key"
+    );
+    assert!(
+        max_overlap(&db, "true").await > 1,
+        "the two companies post side by side"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wait_timeout_lets_the_next_job_start_and_fires_one_alert() {
+    let (env, db, _nodes) = start(3).await;
+    db.batch_execute(
+        "UPDATE herald.job_class SET max_running = 1, wait_timeout = '1 second' WHERE name = 'posting';
+         SELECT herald.create_job_type('stuck_posting', 'report', class => 'posting', newthread => true);
+         INSERT INTO herald.event_queue (name) VALUES ('alerts');
+         SELECT herald.add_system_listener('record', 'JOB', 'alerts');",
+    )
+    .await
+    .unwrap();
+    let c = env.connect().await;
+    let stuck: i64 = c
+        .query_one(
+            "SELECT herald.submit_job('stuck_posting', '{\"n\": 1, \"sleep\": 4}')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    wait_for(
+        &db,
+        &format!("SELECT state = 'STARTED' FROM herald.job WHERE id = {stuck}"),
+        20,
+        "the stuck posting to start",
+    )
+    .await;
+    let next: i64 = c
+        .query_one(
+            "SELECT herald.submit_job('stuck_posting', '{\"n\": 2}')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    wait_all_ended(&db, 60).await;
+    let row = db
+        .query_one(
+            &format!(
+                "SELECT b.started_at < a.finished_at, b.started_at >= a.started_at + interval '1 second'
+                   FROM herald.job a, herald.job b WHERE a.id = {stuck} AND b.id = {next}"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(
+        row.get::<_, bool>(0),
+        "the next posting started beside the stuck one"
+    );
+    assert!(row.get::<_, bool>(1), "but only after the wait timeout");
+    assert_eq!(
+        count(
+            &db,
+            &format!(
+                "SELECT count(*) FROM herald.event WHERE queue = 'alerts' AND action = 'WAIT_TIMEOUT'
+                    AND (details->>'job')::bigint = {stuck}"
+            )
+        )
+        .await,
+        1,
+        "exactly one WAIT_TIMEOUT alert"
+    );
+}
+
+/// Which coordinator runs `job`, once it runs.
+async fn node_running(db: &Client, job: i64) -> String {
+    wait_for(
+        db,
+        &format!("SELECT state = 'STARTED' FROM herald.job WHERE id = {job}"),
+        20,
+        "the job to start",
+    )
+    .await;
+    db.query_one(
+        &format!("SELECT node FROM herald.job WHERE id = {job}"),
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_of_a_killed_coordinator_is_rescued_and_never_runs_twice_at_once() {
+    let (env, db, mut nodes) = start(3).await;
+    db.batch_execute(
+        "SELECT herald.create_job_type('long_posting', 'post', max_attempts => 2, retry_delay => '0')",
+    )
+    .await
+    .unwrap();
+    let c = env.connect().await;
+    let job: i64 = c
+        .query_one(
+            "SELECT herald.submit_job('long_posting', '{\"n\": 1, \"sleep\": 3}')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let first = node_running(&db, job).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nodes.iter_mut().find(|n| n.node == first).unwrap().kill9();
+    wait_all_ended(&db, 60).await;
+    let row = db
+        .query_one(
+            &format!("SELECT state, attempts, node, error FROM herald.job WHERE id = {job}"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let (state, attempts, node): (String, i32, String) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        state,
+        "COMPLETED",
+        "retried after its node died: {:?}",
+        row.get::<_, Option<String>>(3)
+    );
+    assert_eq!(attempts, 2);
+    assert_ne!(node, first, "another node ran the retry");
+    // The retry's posting found no other run of it holding the lock, and only the retry's
+    // work committed.
+    assert_eq!(count(&db, "SELECT count(*) FROM runs").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_coordinator_keeps_its_job_and_finishes_it() {
+    let (env, db, nodes) = start(3).await;
+    db.batch_execute(
+        "SELECT herald.create_job_type('slow_posting', 'post', max_attempts => 3, retry_delay => '0')",
+    )
+    .await
+    .unwrap();
+    let c = env.connect().await;
+    let job: i64 = c
+        .query_one(
+            "SELECT herald.submit_job('slow_posting', '{\"n\": 1, \"sleep\": 6}')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let runner = node_running(&db, job).await;
+    let paused = nodes.iter().find(|n| n.node == runner).unwrap();
+    paused.pause();
+    // Other managers rescue every second; the paused node holds its claim all along.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during: (String, i32) = {
+        let r = db
+            .query_one(
+                &format!("SELECT state, attempts FROM herald.job WHERE id = {job}"),
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    paused.resume();
+    assert_eq!(
+        during,
+        ("STARTED".to_string(), 1),
+        "a slow job is never declared dead and run again"
+    );
+    wait_all_ended(&db, 60).await;
+    let r = db
+        .query_one(
+            &format!("SELECT state, attempts, node FROM herald.job WHERE id = {job}"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "COMPLETED");
+    assert_eq!(r.get::<_, i32>(1), 1);
+    assert_eq!(r.get::<_, String>(2), runner);
+}
