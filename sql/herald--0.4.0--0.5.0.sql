@@ -172,16 +172,29 @@ CREATE TABLE herald.job (
     error           text,
     -- Alerts fired for this run (each fires once).
     wait_alerted_at timestamptz,
-    long_alerted_at timestamptz
+    long_alerted_at timestamptz,
+    -- The outcome mail to notify_email, once per outcome (at most once: 'sending' is
+    -- committed before the mail server is called, and is never sent again): 'due' when
+    -- the job reaches an outcome (COMPLETED, FINISHERROR, ABORTED, or STARTERROR without
+    -- a retry); 'sending' by mail_node; 'sent'; 'retry' (the server could not be reached
+    -- or refused for now: again at mail_next_at); 'failed' (refused for good).
+    mail_state      text
+        CONSTRAINT job_mail_state CHECK (mail_state IN ('due', 'sending', 'sent', 'retry', 'failed')),
+    mail_node       text,
+    mail_attempts   integer NOT NULL DEFAULT 0,
+    mail_next_at    timestamptz,
+    mail_error      text
 );
 CREATE INDEX job_waiting_idx ON herald.job (class, concurrency_key, id)
     WHERE state OPERATOR(pg_catalog.=) 'CREATED';
 CREATE INDEX job_active_idx ON herald.job (class, concurrency_key)
     WHERE state IN ('STARTED', 'FINISHED');
 CREATE INDEX job_state_idx ON herald.job (state, id);
+CREATE INDEX job_mail_due_idx ON herald.job (id)
+    WHERE mail_state IN ('due', 'retry');
 COMMENT ON TABLE herald.job IS
     'Herald jobs: CREATED -> STARTED -> FINISHED -> COMPLETED, or STARTERROR, FINISHERROR, '
-    'ABORTED. Submit with herald.submit_job(); see herald.job_status.';
+    'ABORTED. Submit with herald.submit_job(); `herald status` shows them by class and state.';
 -- Jobs are pending work: a dump keeps every job, and a restored job that was running when
 -- the dump was taken is found by herald.rescue_jobs (no claim holds it).
 SELECT pg_catalog.pg_extension_config_dump('herald.job', '');
@@ -249,6 +262,42 @@ VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'callout_wrapper';
 
+-- extension/src/queues/wait.rs
+-- herald::queues::wait::await_queues
+CREATE  FUNCTION "await_queues"(
+	"queues" TEXT[], /* Option < Vec < Option < String > > > */
+	"timeout_ms" INT DEFAULT 1000 /* Option < i32 > */
+) RETURNS TEXT[] /* Vec < String > */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'await_queues_wrapper';
+
+-- extension/src/jobs/mail.rs
+-- herald::jobs::mail::claim_job_mail
+CREATE  FUNCTION "claim_job_mail"(
+	"node" TEXT /* Option < & str > */
+) RETURNS TABLE (
+	"job" bigint,  /* i64 */
+	"notify_email" TEXT,  /* String */
+	"attempt" INT,  /* i32 */
+	"details" jsonb  /* pgrx :: JsonB */
+)
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'claim_job_mail_wrapper';
+
+-- extension/src/jobs/mail.rs
+-- herald::jobs::mail::record_job_mail
+CREATE  FUNCTION "record_job_mail"(
+	"job" bigint, /* Option < i64 > */
+	"node" TEXT, /* Option < & str > */
+	"outcome" TEXT, /* Option < & str > */
+	"error" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS bool /* bool */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'record_job_mail_wrapper';
+
 -- extension/src/jobs/alerts.rs:16
 -- herald::jobs::alerts::check_job_alerts
 CREATE  FUNCTION "check_job_alerts"() RETURNS INT /* i32 */
@@ -259,7 +308,8 @@ AS 'MODULE_PATHNAME', 'check_job_alerts_wrapper';
 -- extension/src/jobs/lifecycle.rs:207
 -- herald::jobs::lifecycle::claim_next_job
 CREATE  FUNCTION "claim_next_job"(
-	"node" TEXT /* Option < & str > */
+	"node" TEXT, /* Option < & str > */
+	"runners" TEXT[] DEFAULT NULL /* Option < Vec < Option < String > > > */
 ) RETURNS TABLE (
 	"id" bigint,  /* i64 */
 	"job_type" TEXT,  /* String */
@@ -382,7 +432,7 @@ AS 'MODULE_PATHNAME', 'set_job_state_wrapper';
 -- extension/src/jobs/submit.rs:27
 -- herald::jobs::submit::submit_job
 CREATE  FUNCTION "submit_job"(
-	"r#type" TEXT, /* Option < & str > */
+	"type" TEXT, /* Option < & str > */
 	"params" jsonb DEFAULT '{}', /* Option < pgrx :: JsonB > */
 	"concurrency_key" TEXT DEFAULT NULL, /* Option < & str > */
 	"notify_email" TEXT DEFAULT NULL, /* Option < & str > */
@@ -398,7 +448,7 @@ DECLARE f regprocedure;
 BEGIN
     FOR f IN SELECT p.oid FROM pg_catalog.pg_proc p
               WHERE p.pronamespace = 'herald'::regnamespace
-                AND p.proname = ANY (ARRAY['_job_class_write', 'abort_job', 'add_system_listener', 'await_jobs', 'callout', 'check_job_alerts', 'claim_next_job', 'complete_next_job', 'create_job_type', 'drop_job_type', 'fail_job', 'finish_job', 'mark_job_finished', 'rescue_jobs', 'retry_job', 'run_job', 'set_job_state', 'submit_job'])
+                AND p.proname = ANY (ARRAY['_job_class_write', 'abort_job', 'add_system_listener', 'await_jobs', 'await_queues', 'callout', 'check_job_alerts', 'claim_job_mail', 'claim_next_job', 'complete_next_job', 'create_job_type', 'drop_job_type', 'fail_job', 'finish_job', 'mark_job_finished', 'record_job_mail', 'rescue_jobs', 'retry_job', 'run_job', 'set_job_state', 'submit_job'])
     LOOP
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
     END LOOP;

@@ -63,10 +63,21 @@ pub async fn listen_for_queue_changes(client: &Client) -> Result<(), ApiError> {
 }
 
 /// The queues with `event_run = 1`, by name.
-pub async fn running_queues(client: &Client) -> Result<Vec<String>, ApiError> {
+/// The running queues no connection drains now (nobody holds their drainer lock), by name.
+/// A hint for whom to claim: `herald.claim_queue` decides.
+pub async fn unclaimed_queues(client: &Client) -> Result<Vec<String>, ApiError> {
     Ok(client
         .query(
-            "SELECT name FROM herald.event_queue WHERE event_run = 1 ORDER BY name",
+            "SELECT q.name FROM herald.event_queue q
+              WHERE q.event_run = 1
+                AND NOT EXISTS (
+                    SELECT 1 FROM pg_catalog.pg_locks l
+                     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                       AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                                          WHERE d.datname = pg_catalog.current_database())
+                       AND l.classid = herald._lock_space('queue')::oid
+                       AND l.objid = q.id::oid)
+              ORDER BY q.name",
             &[],
         )
         .await?
@@ -143,10 +154,10 @@ pub struct Lookup {
     pub more: bool,
 }
 
-/// The statements a drainer repeats, prepared once on its connection.
+/// The statements a queue lane repeats, prepared once on its connection.
 pub struct DrainerCalls {
     drain: Statement,
-    await_events: Statement,
+    await_queues: Statement,
 }
 
 impl DrainerCalls {
@@ -155,7 +166,7 @@ impl DrainerCalls {
             drain: client
                 .prepare("SELECT state, handled, failed, more FROM herald.drain($1, $2)")
                 .await?,
-            await_events: client.prepare("SELECT herald.await_events($1, $2)").await?,
+            await_queues: client.prepare("SELECT herald.await_queues($1, $2)").await?,
         })
     }
 
@@ -175,16 +186,17 @@ impl DrainerCalls {
         })
     }
 
-    /// `herald.await_events`: sleep in the server until `queue` has work (or was stopped,
-    /// resumed or reconfigured), at most `timeout_ms`. Returns whether there is work.
-    pub async fn await_events(
+    /// `herald.await_queues`: sleep in the server until one of `queues` (held by this
+    /// connection) has work, or was stopped, resumed or reconfigured, at most `timeout_ms`
+    /// (0: only look). Returns the queues with work, in the order given.
+    pub async fn await_queues(
         &self,
         client: &Client,
-        queue: &str,
+        queues: &[String],
         timeout_ms: i32,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<Vec<String>, ApiError> {
         Ok(client
-            .query_one(&self.await_events, &[&queue, &timeout_ms])
+            .query_one(&self.await_queues, &[&queues, &timeout_ms])
             .await?
             .get(0))
     }
@@ -273,6 +285,16 @@ pub enum Runner {
     Command,
 }
 
+impl Runner {
+    /// The extension's name for the runner.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runner::Sql => "sql",
+            Runner::Command => "command",
+        }
+    }
+}
+
 /// A job this connection has claimed (`herald.claim_next_job`): it is STARTED and this
 /// connection holds its claim until it reports the job's end.
 #[derive(Clone, Debug)]
@@ -287,12 +309,19 @@ pub struct ClaimedJob {
     pub newthread: bool,
 }
 
-/// `herald.claim_next_job`: start the next job that may start now, claimed by `client`.
-pub async fn claim_next_job(client: &Client, node: &str) -> Result<Option<ClaimedJob>, ApiError> {
+/// `herald.claim_next_job`: start the next job of `runner` that may start now, claimed by
+/// `client`. (A class whose next job has the other runner is left to that runner's claim.)
+pub async fn claim_next_job(
+    client: &Client,
+    node: &str,
+    runner: Runner,
+) -> Result<Option<ClaimedJob>, ApiError> {
+    let runners = [runner.as_str()];
     let row = client
         .query_opt(
-            "SELECT id, job_type, runner, target, params::text, newthread FROM herald.claim_next_job($1)",
-            &[&node],
+            "SELECT id, job_type, runner, target, params::text, newthread
+               FROM herald.claim_next_job($1, $2)",
+            &[&node, &runners.as_slice()],
         )
         .await?;
     let Some(row) = row else {

@@ -36,9 +36,14 @@ pub struct RunArgs {
     /// Node name shown in monitoring; defaults to the host name.
     #[arg(long, env = "HERALD_NODE")]
     pub node: Option<String>,
-    /// Jobs this coordinator runs at once (each on a connection of its own while it runs).
+    /// Jobs this coordinator runs at once. `sql` jobs each use a runner connection while
+    /// they run (at most half of what --max-connections leaves); `command` jobs share one.
     #[arg(long, env = "HERALD_JOB_RUNNERS", default_value_t = 4)]
     pub job_runners: usize,
+    /// The most connections this coordinator opens, however many queues it drains and jobs
+    /// it runs (at least 5: control, job manager, job claims, one runner, one queue lane).
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 16)]
+    pub max_connections: usize,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -62,6 +67,43 @@ pub enum ConfigError {
     BadNode(String),
     #[error("--job-runners must be between 1 and 1000, not {0}")]
     BadJobRunners(usize),
+    #[error("--max-connections must be between {min} and 1000, not {0}", min = Budget::MIN)]
+    BadMaxConnections(usize),
+}
+
+/// How a coordinator spends its connections (`--max-connections`): three fixed ones (the
+/// control connection, the job manager's, and the one holding the claims of `command`
+/// jobs), runner connections for `sql` jobs, and queue lanes, each draining many queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Connections that run `sql` jobs (each runs one at a time).
+    pub sql_runners: usize,
+    /// Connections that drain queues; lookups of different lanes run concurrently.
+    pub lanes: usize,
+}
+
+impl Budget {
+    const FIXED: usize = 3;
+    pub const MIN: usize = Budget::FIXED + 2;
+
+    /// Split `max` connections: `sql` runners get up to half of what the fixed ones leave
+    /// (no more than `job_runners`), the queue lanes the rest.
+    pub fn new(max: usize, job_runners: usize) -> Result<Budget, ConfigError> {
+        if !(Budget::MIN..=1000).contains(&max) {
+            return Err(ConfigError::BadMaxConnections(max));
+        }
+        let rest = max - Budget::FIXED;
+        let sql_runners = job_runners.min(rest / 2).max(1);
+        Ok(Budget {
+            sql_runners,
+            lanes: rest - sql_runners,
+        })
+    }
+
+    /// Every connection the coordinator may open.
+    pub fn total(&self) -> usize {
+        Budget::FIXED + self.sql_runners + self.lanes
+    }
 }
 
 /// Validated settings of `herald run`.
@@ -70,6 +112,7 @@ pub struct RunConfig {
     pub database: tokio_postgres::Config,
     pub node: String,
     pub job_runners: usize,
+    pub budget: Budget,
 }
 
 impl RunConfig {
@@ -90,10 +133,12 @@ impl RunConfig {
         if !(1..=1000).contains(&args.job_runners) {
             return Err(ConfigError::BadJobRunners(args.job_runners));
         }
+        let budget = Budget::new(args.max_connections, args.job_runners)?;
         Ok(RunConfig {
             database,
             node,
             job_runners: args.job_runners,
+            budget,
         })
     }
 }
@@ -137,7 +182,31 @@ mod tests {
             },
             node: node.map(str::to_string),
             job_runners: 4,
+            max_connections: 16,
         }
+    }
+
+    #[test]
+    fn the_connection_budget_splits_and_is_checked() {
+        let b = Budget::new(16, 4).unwrap();
+        assert_eq!((b.sql_runners, b.lanes, b.total()), (4, 9, 16));
+        // Runners never take more than half of what is left; lanes always get one.
+        let b = Budget::new(5, 100).unwrap();
+        assert_eq!((b.sql_runners, b.lanes, b.total()), (1, 1, 5));
+        let b = Budget::new(40, 100).unwrap();
+        assert_eq!((b.sql_runners, b.lanes), (18, 19));
+        assert!(matches!(
+            Budget::new(4, 4),
+            Err(ConfigError::BadMaxConnections(4))
+        ));
+        let mut args = run_args(Some("host=x"), Some("a"));
+        args.max_connections = 2;
+        let e = RunConfig::from_args(&args).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("--max-connections must be between 5"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The coordinator: keeps a control connection (LISTEN herald_queues), and every second or
-//! on notification claims the running queues nobody drains. When the database goes away
-//! everything is dropped and claimed again once it is back. Beside it runs the job manager
-//! (`jobs::manager`), with connections of its own.
+//! on notification gives the running queues nobody drains to its queue lanes
+//! (`queues::claims`). When the database goes away everything is dropped and claimed again
+//! once it is back. Beside it runs the job manager (`jobs::manager`), with connections of
+//! its own. All of them together stay within `--max-connections` (`config::Budget`).
 use std::time::Duration;
 use tracing::{instrument, Instrument};
 
@@ -44,6 +45,7 @@ impl Coordinator {
         let claims = Claims::new(
             config.database.clone(),
             config.node.clone(),
+            config.budget.lanes,
             shutdown.clone(),
         );
         Coordinator {
@@ -72,7 +74,6 @@ impl Coordinator {
                     } else {
                         tracing::warn!("lost the database: {e}; reconnecting");
                     }
-                    self.claims.drop_spare();
                     service::pause(backoff.next_delay(), &self.shutdown).await;
                 }
             }
@@ -103,6 +104,7 @@ impl Coordinator {
         if jobs.is_none() {
             let settings = JobSettings {
                 runners: self.config.job_runners,
+                sql_runners: self.config.budget.sql_runners,
             };
             *jobs = Some(tokio::spawn(
                 job_manager::run(

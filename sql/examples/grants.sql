@@ -52,14 +52,16 @@ GRANT EXECUTE ON FUNCTION herald.abort_job(bigint, text), herald.retry_job(bigin
 GRANT USAGE ON SCHEMA herald TO herald_coordinator;
 GRANT SELECT ON herald.event_queue, herald.queue_status TO herald_coordinator;
 GRANT EXECUTE ON FUNCTION herald.claim_queue(text), herald.release_queue(text),
-                          herald.drain(text, text), herald.await_events(text, integer)
+                          herald.drain(text, text), herald.await_events(text, integer),
+                          herald.await_queues(text[], integer)
     TO herald_coordinator;
 --    Jobs: claiming, running (targets and hooks run as their types' owners), completing,
---    rescuing, alerts; and what `herald status` shows.
-GRANT EXECUTE ON FUNCTION herald.claim_next_job(text), herald.run_job(bigint),
+--    rescuing, alerts, outcome mails; and what `herald status` shows.
+GRANT EXECUTE ON FUNCTION herald.claim_next_job(text, text[]), herald.run_job(bigint),
                           herald.finish_job(bigint, jsonb), herald.fail_job(bigint, text),
                           herald.complete_next_job(text), herald.rescue_jobs(),
                           herald.check_job_alerts(), herald.await_jobs(integer),
-                          herald.callout(bigint, text, jsonb)
+                          herald.callout(bigint, text, jsonb),
+                          herald.claim_job_mail(text), herald.record_job_mail(bigint, text, text, text)
     TO herald_coordinator;
 GRANT SELECT ON herald.job, herald.job_class TO herald_coordinator;

@@ -165,16 +165,29 @@ CREATE TABLE herald.job (
     error           text,
     -- Alerts fired for this run (each fires once).
     wait_alerted_at timestamptz,
-    long_alerted_at timestamptz
+    long_alerted_at timestamptz,
+    -- The outcome mail to notify_email, once per outcome (at most once: 'sending' is
+    -- committed before the mail server is called, and is never sent again): 'due' when
+    -- the job reaches an outcome (COMPLETED, FINISHERROR, ABORTED, or STARTERROR without
+    -- a retry); 'sending' by mail_node; 'sent'; 'retry' (the server could not be reached
+    -- or refused for now: again at mail_next_at); 'failed' (refused for good).
+    mail_state      text
+        CONSTRAINT job_mail_state CHECK (mail_state IN ('due', 'sending', 'sent', 'retry', 'failed')),
+    mail_node       text,
+    mail_attempts   integer NOT NULL DEFAULT 0,
+    mail_next_at    timestamptz,
+    mail_error      text
 );
 CREATE INDEX job_waiting_idx ON herald.job (class, concurrency_key, id)
     WHERE state OPERATOR(pg_catalog.=) 'CREATED';
 CREATE INDEX job_active_idx ON herald.job (class, concurrency_key)
     WHERE state IN ('STARTED', 'FINISHED');
 CREATE INDEX job_state_idx ON herald.job (state, id);
+CREATE INDEX job_mail_due_idx ON herald.job (id)
+    WHERE mail_state IN ('due', 'retry');
 COMMENT ON TABLE herald.job IS
     'Herald jobs: CREATED -> STARTED -> FINISHED -> COMPLETED, or STARTERROR, FINISHERROR, '
-    'ABORTED. Submit with herald.submit_job(); see herald.job_status.';
+    'ABORTED. Submit with herald.submit_job(); `herald status` shows them by class and state.';
 -- Jobs are pending work: a dump keeps every job, and a restored job that was running when
 -- the dump was taken is found by herald.rescue_jobs (no claim holds it).
 SELECT pg_catalog.pg_extension_config_dump('herald.job', '');

@@ -45,7 +45,7 @@ fn tail(bytes: &[u8]) -> String {
 }
 
 /// Run the job's command; CALLOUT `begin` and `end` are recorded on `client`, which holds
-/// the job's claim.
+/// the job's claim. The command is killed if that connection breaks.
 pub async fn run(client: &Client, job: &ClaimedJob) -> Result<Outcome, ApiError> {
     let args = match arguments(&job.params) {
         Ok(args) => args,
@@ -81,7 +81,19 @@ pub async fn run(client: &Client, job: &ClaimedJob) -> Result<Outcome, ApiError>
             Ok(())
         });
     }
-    let output = command.output().await;
+    // The claim lives on `client`'s connection (shared with other running commands): if it
+    // breaks, the job is rescued elsewhere, so the command must not go on here.
+    let output = tokio::select! {
+        output = command.output() => output,
+        _ = connection_lost(client) => {
+            // Dropping the output future kills the command (`kill_on_drop`).
+            return Ok(Outcome {
+                ok: false,
+                result: json!({"duration_ms": started.elapsed().as_millis() as u64}),
+                error: Some("the connection holding the job's claim broke; command killed".into()),
+            });
+        }
+    };
     let duration_ms = started.elapsed().as_millis() as u64;
     let outcome = match output {
         Ok(out) => {
@@ -116,6 +128,13 @@ pub async fn run(client: &Client, job: &ClaimedJob) -> Result<Outcome, ApiError>
     }
     api::callout(client, job.id, "end", &end).await?;
     Ok(outcome)
+}
+
+/// Resolves once `client`'s connection has closed (checked every 200 ms).
+async fn connection_lost(client: &Client) {
+    while !client.is_closed() {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 #[cfg(test)]

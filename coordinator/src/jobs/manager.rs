@@ -7,11 +7,17 @@
 //! 4. waits in `herald.await_jobs` until a commit makes a job startable (a `startnow`
 //!    submit, a slot freed, a retry, a job finished outside Herald) or the tick passes.
 //!
-//! A job runs on the connection that claimed it, which holds the job's claim until the
-//! run ends: if this coordinator dies, its connections close, the claims go, and any
-//! manager's next rescue finds the job. Runner connections check for a vanished client
-//! every second (`client_connection_check_interval`), so a job's statement does not
-//! outlive its coordinator, and use TCP keepalives, so a dead host is noticed.
+//! A job's claim is held by the connection that claimed it until the run ends: if this
+//! coordinator dies, its connections close, the claims go, and any manager's next rescue
+//! finds the job. A `sql` job runs on the runner connection that claimed it (one job at a
+//! time per connection, at most `sql_runners` of them); `command` jobs are all claimed on
+//! one connection, which holds their claims while the commands run outside the database
+//! and reports their ends, so that running commands cost no connections. A command whose
+//! claim connection broke is killed: its job is rescued, and never runs twice at once.
+//! Claim connections check for a vanished client every second
+//! (`client_connection_check_interval`), so a job's statement does not outlive its
+//! coordinator, and use TCP keepalives, so a dead host is noticed.
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -30,8 +36,16 @@ const TICK: Duration = Duration::from_secs(1);
 /// How a coordinator runs jobs.
 #[derive(Clone, Debug)]
 pub struct JobSettings {
-    /// Jobs this coordinator runs at once (each on a connection of its own while it runs).
+    /// Jobs this coordinator runs at once.
     pub runners: usize,
+    /// Connections that run `sql` jobs (so: `sql` jobs at once).
+    pub sql_runners: usize,
+}
+
+/// A job that ran in a task of its own has ended; a `sql` job gives its connection back.
+enum Ended {
+    Sql(Client),
+    Command,
 }
 
 /// Run the job manager until shutdown, reconnecting with back-off after failures. On
@@ -44,7 +58,9 @@ pub async fn run(database: Config, node: String, settings: JobSettings, shutdown
         settings,
         shutdown: shutdown.clone(),
         idle: Vec::new(),
-        running: 0,
+        holder: None,
+        running_sql: 0,
+        running_commands: 0,
         returned: mpsc::unbounded_channel(),
     };
     while !shutdown.is_stopping() {
@@ -53,6 +69,7 @@ pub async fn run(database: Config, node: String, settings: JobSettings, shutdown
             Err(e) => {
                 tracing::warn!("job manager: {e}; retrying");
                 manager.idle.clear();
+                manager.holder = None;
                 service::pause(backoff.next_delay(), &shutdown).await;
             }
         }
@@ -65,14 +82,14 @@ struct Manager {
     node: String,
     settings: JobSettings,
     shutdown: Shutdown,
-    /// Runner connections holding no claim.
+    /// Runner connections for `sql` jobs, holding no claim.
     idle: Vec<Client>,
-    /// Jobs running in tasks of their own; each returns its connection when done.
-    running: usize,
-    returned: (
-        mpsc::UnboundedSender<Client>,
-        mpsc::UnboundedReceiver<Client>,
-    ),
+    /// The connection holding the claims of running `command` jobs.
+    holder: Option<Arc<Client>>,
+    /// Jobs running now, inline or in tasks of their own.
+    running_sql: usize,
+    running_commands: usize,
+    returned: (mpsc::UnboundedSender<Ended>, mpsc::UnboundedReceiver<Ended>),
 }
 
 impl Manager {
@@ -110,63 +127,127 @@ impl Manager {
         }
     }
 
-    /// Claim and start jobs while a runner is free.
+    fn running(&self) -> usize {
+        self.running_sql + self.running_commands
+    }
+
+    /// Claim and start jobs while a runner is free: `sql` jobs on a free runner
+    /// connection, `command` jobs on the claims connection.
     async fn start_jobs(&mut self, control: &Client) -> Result<(), ApiError> {
         while !self.shutdown.is_stopping() {
             self.take_back_returned();
-            if self.running >= self.settings.runners {
-                return Ok(());
+            let mut started = false;
+            if self.running() < self.settings.runners
+                && self.running_sql < self.settings.sql_runners
+            {
+                started |= self.start_sql_job(control).await?;
             }
-            let conn = match self.idle.pop() {
-                Some(c) if !c.is_closed() => c,
-                _ => db::connect_runner(&self.database, &self.node).await?,
-            };
-            let job = match api::claim_next_job(&conn, &self.node).await {
-                Ok(Some(job)) => job,
-                Ok(None) => {
-                    self.idle.push(conn);
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::warn!("claiming a job failed: {e}");
-                    return Ok(());
-                }
-            };
-            tracing::info!(job = job.id, r#type = %job.r#type, "started");
-            if job.newthread {
-                self.running += 1;
-                let (node, back) = (self.node.clone(), self.returned.0.clone());
-                tokio::spawn(
-                    async move {
-                        run_claimed(&conn, &job, &node).await;
-                        let _ = back.send(conn);
-                    }
-                    .in_current_span(),
-                );
-            } else {
-                run_claimed(&conn, &job, &self.node).await;
-                self.idle.push(conn);
-                complete_finished(control, &self.node).await?;
+            if self.running() < self.settings.runners {
+                started |= self.start_command_job(control).await?;
+            }
+            if !started {
+                return Ok(());
             }
         }
         Ok(())
     }
 
-    fn take_back_returned(&mut self) {
-        while let Ok(conn) = self.returned.1.try_recv() {
-            self.running -= 1;
-            if !conn.is_closed() {
+    async fn start_sql_job(&mut self, control: &Client) -> Result<bool, ApiError> {
+        let conn = match self.idle.pop() {
+            Some(c) if !c.is_closed() => c,
+            _ => db::connect_runner(&self.database, &self.node).await?,
+        };
+        let job = match api::claim_next_job(&conn, &self.node, Runner::Sql).await {
+            Ok(Some(job)) => job,
+            Ok(None) => {
                 self.idle.push(conn);
+                return Ok(false);
             }
+            Err(e) => {
+                tracing::warn!("claiming a job failed: {e}");
+                return Ok(false);
+            }
+        };
+        tracing::info!(job = job.id, r#type = %job.r#type, "started");
+        self.running_sql += 1;
+        if job.newthread {
+            let (node, back) = (self.node.clone(), self.returned.0.clone());
+            tokio::spawn(
+                async move {
+                    run_claimed(&conn, &job, &node).await;
+                    let _ = back.send(Ended::Sql(conn));
+                }
+                .in_current_span(),
+            );
+        } else {
+            run_claimed(&conn, &job, &self.node).await;
+            self.running_sql -= 1;
+            self.idle.push(conn);
+            complete_finished(control, &self.node).await?;
+        }
+        Ok(true)
+    }
+
+    async fn start_command_job(&mut self, control: &Client) -> Result<bool, ApiError> {
+        let holder = match &self.holder {
+            Some(h) if !h.is_closed() => h.clone(),
+            _ => {
+                let h = Arc::new(db::connect_runner(&self.database, &self.node).await?);
+                self.holder = Some(h.clone());
+                h
+            }
+        };
+        let job = match api::claim_next_job(&holder, &self.node, Runner::Command).await {
+            Ok(Some(job)) => job,
+            Ok(None) => return Ok(false),
+            Err(e) => {
+                tracing::warn!("claiming a job failed: {e}");
+                return Ok(false);
+            }
+        };
+        tracing::info!(job = job.id, r#type = %job.r#type, "started");
+        self.running_commands += 1;
+        if job.newthread {
+            let (node, back) = (self.node.clone(), self.returned.0.clone());
+            tokio::spawn(
+                async move {
+                    run_claimed(&holder, &job, &node).await;
+                    let _ = back.send(Ended::Command);
+                }
+                .in_current_span(),
+            );
+        } else {
+            run_claimed(&holder, &job, &self.node).await;
+            self.running_commands -= 1;
+            complete_finished(control, &self.node).await?;
+        }
+        Ok(true)
+    }
+
+    fn take_back_returned(&mut self) {
+        while let Ok(ended) = self.returned.1.try_recv() {
+            self.ended(ended);
+        }
+    }
+
+    fn ended(&mut self, ended: Ended) {
+        match ended {
+            Ended::Sql(conn) => {
+                self.running_sql -= 1;
+                if !conn.is_closed() {
+                    self.idle.push(conn);
+                }
+            }
+            Ended::Command => self.running_commands -= 1,
         }
     }
 
     async fn wait_for_runs(&mut self) {
-        while self.running > 0 {
-            if self.returned.1.recv().await.is_none() {
-                break;
+        while self.running() > 0 {
+            match self.returned.1.recv().await {
+                Some(ended) => self.ended(ended),
+                None => break,
             }
-            self.running -= 1;
         }
     }
 }

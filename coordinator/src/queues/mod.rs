@@ -1,4 +1,4 @@
 //! Event queues, the coordinator's side: claiming running queues nobody drains
-//! ([`claims`]) and draining each claimed queue ([`drainer`]).
+//! ([`claims`]) and draining them, many queues per connection ([`lane`]).
 pub mod claims;
-pub mod drainer;
+pub mod lane;

@@ -1,8 +1,9 @@
 -- The job of class $1 to start next, if the class has room: the oldest waiting due job of
 -- each concurrency key, if fewer than $2 jobs of that key run (running jobs older than the
--- class's wait timeout $3 no longer count). NULL $2: the class is unlimited.
-SELECT w.id
-  FROM (SELECT DISTINCT ON (j.concurrency_key) j.id, j.concurrency_key
+-- class's wait timeout $3 no longer count). NULL $2: the class is unlimited. With the job's
+-- runner (a job whose type is gone has none).
+SELECT w.id, (SELECT t.runner FROM herald.job_type t WHERE t.name OPERATOR(pg_catalog.=) w.type)
+  FROM (SELECT DISTINCT ON (j.concurrency_key) j.id, j.concurrency_key, j.type
           FROM herald.job j
          WHERE j.state OPERATOR(pg_catalog.=) 'CREATED' AND j.class OPERATOR(pg_catalog.=) $1
            AND j.run_after OPERATOR(pg_catalog.<=) pg_catalog.now()

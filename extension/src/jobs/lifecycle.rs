@@ -189,25 +189,42 @@ fn due_classes() -> Vec<(String, Option<i32>, Option<Interval>)> {
     })
 }
 
-fn head_of(class: &str, max_running: Option<i32>, wait: Option<Interval>) -> Option<i64> {
-    first::<i64>(
-        include_str!("claim_head.sql"),
-        &[class.into(), max_running.into(), wait.into()],
-    )
+/// The job of `class` to start next and its runner (see `claim_head.sql`).
+fn head_of(class: &str, max_running: Option<i32>, wait: Option<Interval>) -> Option<(i64, String)> {
+    catalog::as_owner(|| {
+        errors::spi(Spi::connect_mut(|client| {
+            let rows = client.update(
+                include_str!("claim_head.sql"),
+                Some(1),
+                &[class.into(), max_running.into(), wait.into()],
+            )?;
+            if rows.is_empty() {
+                return Ok::<_, pgrx::spi::SpiError>(None);
+            }
+            let (id, runner) = rows.first().get_two::<i64, String>()?;
+            Ok(id.map(|id| (id, runner.unwrap_or_default())))
+        }))
+    })
 }
 
-/// `herald.claim_next_job(node)`: start the next job that may start now, claimed by this
-/// connection, which must then run it (`herald.run_job`, or for `command` jobs
+/// `herald.claim_next_job(node, runners)`: start the next job that may start now, claimed
+/// by this connection, which must then run it (`herald.run_job`, or for `command` jobs
 /// `herald.finish_job` / `herald.fail_job`). No row when nothing may start.
 ///
 /// Classes are served in the order their jobs wait. A limited class is chosen under its
 /// class lock, taken without waiting: while another claim or a submit of the class is in
 /// flight the class is skipped (that commit wakes the managers again), so that the
 /// class's limit holds across the cluster and its jobs start in submission order.
+///
+/// `runners` (NULL: any) restricts the claim to jobs of those runners, so that a
+/// coordinator can claim `command` jobs on one connection that holds many claims and `sql`
+/// jobs on the connections that run them. A class whose next job has another runner is
+/// skipped, never overtaken: its order holds whoever claims.
 #[pg_extern(volatile, parallel_unsafe)]
 #[allow(clippy::type_complexity)]
 fn claim_next_job(
     node: Option<&str>,
+    runners: default!(Option<Vec<Option<String>>>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -221,6 +238,7 @@ fn claim_next_job(
 > {
     catalog::require_primary("herald.claim_next_job()");
     let node = errors::required(node, "node");
+    let runners: Option<Vec<String>> = runners.map(|r| r.into_iter().flatten().collect());
     for (class, max_running, wait) in due_classes() {
         if max_running.is_some() && !KeySpace::JobClass.try_lock_for_transaction(class_key(&class))
         {
@@ -228,9 +246,14 @@ fn claim_next_job(
         }
         // Unlimited classes race other claimers for the same head: try a few.
         for _ in 0..3 {
-            let Some(id) = head_of(&class, max_running, wait) else {
+            let Some((id, runner)) = head_of(&class, max_running, wait) else {
                 break;
             };
+            // (A job whose type is gone is claimed by anyone, so that its run fails and
+            // ends it instead of blocking its class.)
+            if !runner.is_empty() && runners.as_ref().is_some_and(|r| !r.contains(&runner)) {
+                break;
+            }
             if !KeySpace::JobClaim.try_lock_for_session(claim_key(id), pg_sys::ExclusiveLock) {
                 break;
             }

@@ -8,6 +8,7 @@
 //!   claims (`herald.claim_next_job`), runs, completion, abort, retry, rescue
 //! - [`alerts`]: WAIT_TIMEOUT and LONG_RUNNING, each once per run
 //! - [`wait`]: `herald.await_jobs`, how managers sleep until a job may start
+//! - [`mail`]: outcome mails to `notify_email`, at most once per outcome
 //!
 //! A job that runs is claimed by the coordinator connection that runs it: the
 //! session-level advisory lock `(job, id)`. A node that dies loses its connections and
@@ -24,6 +25,7 @@ use crate::core::wakeup;
 pub mod alerts;
 pub mod callee;
 pub mod lifecycle;
+pub mod mail;
 pub mod submit;
 pub mod types;
 pub mod wait;

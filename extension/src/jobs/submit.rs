@@ -23,8 +23,24 @@ struct TypeFacts {
 
 /// `herald.submit_job(type, params, concurrency_key, notify_email, run_after)`: queue a job;
 /// returns its id. Runs the type's `after_creation` hook in this transaction (its error
-/// rolls the submit back).
-#[pg_extern(volatile, parallel_unsafe)]
+/// rolls the submit back). (Its SQL is written out so that the first parameter is called
+/// `type`, as the contract names it, for `herald.submit_job(type => ...)`.)
+#[pg_extern(
+    volatile,
+    parallel_unsafe,
+    sql = r#"
+CREATE FUNCTION "submit_job"(
+    "type" TEXT,
+    "params" jsonb DEFAULT '{}',
+    "concurrency_key" TEXT DEFAULT NULL,
+    "notify_email" TEXT DEFAULT NULL,
+    "run_after" timestamp with time zone DEFAULT NULL
+) RETURNS bigint
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+"#
+)]
 fn submit_job(
     r#type: Option<&str>,
     params: default!(Option<pgrx::JsonB>, "'{}'"),

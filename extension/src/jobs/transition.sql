@@ -23,7 +23,18 @@ UPDATE herald.job j SET
                         THEN pg_catalog.now() OPERATOR(pg_catalog.+) COALESCE($7, '0'::pg_catalog.interval)
                         ELSE j.run_after END,
        wait_alerted_at = CASE WHEN $2 OPERATOR(pg_catalog.=) ANY ('{CREATED,STARTED}'::pg_catalog.text[]) THEN NULL ELSE j.wait_alerted_at END,
-       long_alerted_at = CASE WHEN $2 OPERATOR(pg_catalog.=) ANY ('{CREATED,STARTED}'::pg_catalog.text[]) THEN NULL ELSE j.long_alerted_at END
+       long_alerted_at = CASE WHEN $2 OPERATOR(pg_catalog.=) ANY ('{CREATED,STARTED}'::pg_catalog.text[]) THEN NULL ELSE j.long_alerted_at END,
+       -- An outcome makes its mail due; a retry right after a failure takes it back (the
+       -- failure was not the outcome).
+       mail_state = CASE WHEN j.notify_email IS NOT NULL
+                          AND $2 OPERATOR(pg_catalog.=) ANY ('{COMPLETED,STARTERROR,FINISHERROR,ABORTED}'::pg_catalog.text[])
+                         THEN 'due'
+                         WHEN $2 OPERATOR(pg_catalog.=) 'CREATED' AND j.mail_state OPERATOR(pg_catalog.=) 'due'
+                         THEN NULL ELSE j.mail_state END,
+       mail_attempts = CASE WHEN $2 OPERATOR(pg_catalog.=) ANY ('{COMPLETED,STARTERROR,FINISHERROR,ABORTED}'::pg_catalog.text[])
+                            THEN 0 ELSE j.mail_attempts END,
+       mail_next_at = CASE WHEN $2 OPERATOR(pg_catalog.=) ANY ('{COMPLETED,STARTERROR,FINISHERROR,ABORTED}'::pg_catalog.text[])
+                           THEN NULL ELSE j.mail_next_at END
  WHERE j.id OPERATOR(pg_catalog.=) $1
    AND j.state OPERATOR(pg_catalog.=) ANY ($3)
    AND (NOT $8 OR j.claim_pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid())

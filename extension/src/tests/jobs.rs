@@ -373,6 +373,102 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_claim_for_some_runners_skips_a_class_whose_next_job_has_another() {
+        fixture();
+        run("UPDATE herald.job_class SET max_running = 2 WHERE name = 'posting'");
+        run("SELECT herald.create_job_type('cmd', '/bin/true', runner => 'command', class => 'posting')");
+        run("SELECT herald.create_job_type('post', 'app.work', class => 'posting')");
+        run("SELECT herald.create_job_type('report', 'app.work')");
+        // (named notation, with the parameter names of the contract)
+        let c1 = one::<i64>("SELECT herald.submit_job(type => 'cmd', params => '{}')").unwrap();
+        let p1 = submit("post");
+        let r1 = submit("report");
+        let sql_only = "SELECT (SELECT id FROM herald.claim_next_job('n1', '{sql}'))";
+        let command_only = "SELECT (SELECT id FROM herald.claim_next_job('n1', '{command}'))";
+        // The posting class's next job is a command: a sql claim does not overtake it,
+        // and takes the report of the other class instead.
+        assert_eq!(one::<i64>(sql_only), Some(r1));
+        assert_eq!(one::<i64>(sql_only), None);
+        assert_eq!(state(p1), "CREATED");
+        assert_eq!(one::<i64>(command_only), Some(c1));
+        assert_eq!(one::<i64>(command_only), None);
+        assert_eq!(one::<i64>(sql_only), Some(p1));
+    }
+
+    #[pg_test]
+    fn an_outcome_mail_is_due_once_per_outcome_and_retried_until_sent() {
+        fixture();
+        run("SELECT herald.create_job_type('post', 'app.work')");
+        run("SELECT herald.create_job_type('flaky', 'app.fail', max_attempts => 2, retry_delay => '0')");
+        let job = one::<i64>(
+            "SELECT herald.submit_job('post', '{}', notify_email => 'clerk@example.com')",
+        )
+        .unwrap();
+        let mail = "SELECT (SELECT job FROM herald.claim_job_mail('n1'))";
+        let mail_state = |job: i64| {
+            one::<String>(&format!(
+                "SELECT mail_state FROM herald.job WHERE id = {job}"
+            ))
+        };
+        assert_eq!(one::<i64>(mail), None, "no mail before an outcome");
+        assert_eq!(claim(), Some(job));
+        run(&format!("SELECT herald.run_job({job})"));
+        assert_eq!(one::<i64>(mail), None, "FINISHED is not an outcome yet");
+        run("SELECT herald.complete_next_job('n1')");
+        assert_eq!(mail_state(job).as_deref(), Some("due"));
+        let details =
+            one::<pgrx::JsonB>("SELECT details FROM herald.claim_job_mail('n1')").unwrap();
+        assert_eq!(details.0["state"], "COMPLETED");
+        assert_eq!(details.0["job"], job);
+        assert_eq!(mail_state(job).as_deref(), Some("sending"));
+        assert_eq!(
+            one::<i64>(mail),
+            None,
+            "a mail being sent is not claimed again"
+        );
+        // Only the sender records; a retry waits for its back-off.
+        assert_eq!(
+            one::<bool>(&format!(
+                "SELECT herald.record_job_mail({job}, 'n2', 'sent')"
+            )),
+            Some(false)
+        );
+        assert_eq!(
+            one::<bool>(&format!(
+                "SELECT herald.record_job_mail({job}, 'n1', 'retry', 'connection refused')"
+            )),
+            Some(true)
+        );
+        assert_eq!(one::<i64>(mail), None, "not before its back-off");
+        run(&format!(
+            "UPDATE herald.job SET mail_next_at = now() - interval '1 second' WHERE id = {job}"
+        ));
+        assert_eq!(one::<i64>(mail), Some(job));
+        run(&format!(
+            "SELECT herald.record_job_mail({job}, 'n1', 'sent')"
+        ));
+        assert_eq!(mail_state(job).as_deref(), Some("sent"));
+        assert_eq!(one::<i64>(mail), None, "sent once");
+        // A failure followed by a retry is not an outcome; the last failure is.
+        let flaky = one::<i64>(
+            "SELECT herald.submit_job('flaky', '{}', notify_email => 'clerk@example.com')",
+        )
+        .unwrap();
+        assert_eq!(claim(), Some(flaky));
+        run(&format!("SELECT herald.run_job({flaky})"));
+        assert_eq!(state(flaky), "CREATED");
+        assert_eq!(mail_state(flaky), None);
+        assert_eq!(claim(), Some(flaky));
+        run(&format!("SELECT herald.run_job({flaky})"));
+        assert_eq!(state(flaky), "STARTERROR");
+        assert_eq!(mail_state(flaky).as_deref(), Some("due"));
+        assert_error(
+            &format!("SELECT herald.record_job_mail({flaky}, 'n1', 'maybe')"),
+            "unknown mail outcome \"maybe\"",
+        );
+    }
+
+    #[pg_test]
     fn the_wait_timeout_lets_the_next_job_start_and_alerts_once() {
         fixture();
         run(

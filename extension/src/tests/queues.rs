@@ -437,6 +437,43 @@ mod tests {
     }
 
     #[pg_test]
+    fn await_queues_names_the_queues_with_work_for_their_drainer() {
+        fixture();
+        run("INSERT INTO herald.event_queue (name, event_run) VALUES ('q2', 1), ('q3', 1)");
+        run("SELECT herald.add_event_listener('rec', 'x', queue => 'q')");
+        run("SELECT herald.add_event_listener('rec', 'y', queue => 'q3')");
+        assert_eq!(
+            one::<Vec<String>>("SELECT herald.await_queues('{q,q2,q3}', 10)"),
+            Some(vec![])
+        );
+        run("SELECT herald.emit('y', 'a')");
+        run("SELECT herald.emit('x', 'a')");
+        // In the order asked; a stopped or missing queue is work too (the drainer lets go).
+        run("UPDATE herald.event_queue SET event_run = 0 WHERE name = 'q2'");
+        assert_eq!(
+            one::<Vec<String>>("SELECT herald.await_queues('{nosuch,q,q2,q3}', 0)"),
+            Some(vec!["nosuch".into(), "q".into(), "q2".into(), "q3".into()])
+        );
+        run("SELECT * FROM herald.drain('q')");
+        assert_eq!(
+            one::<Vec<String>>("SELECT herald.await_queues('{q,q3}', 10)"),
+            Some(vec!["q3".into()])
+        );
+        assert_eq!(
+            one::<Vec<String>>("SELECT herald.await_queues('{}', 10)"),
+            Some(vec![])
+        );
+        assert_error(
+            "SELECT herald.await_queues(NULL, 10)",
+            "queues must not be NULL",
+        );
+        assert_error(
+            "SELECT herald.await_queues('{q,NULL}', 10)",
+            "queues must not contain NULL",
+        );
+    }
+
+    #[pg_test]
     fn fan_out_to_several_listeners_and_wildcards() {
         fixture();
         run("INSERT INTO herald.event_queue (name, event_run) VALUES ('q2', 1)");
