@@ -527,3 +527,53 @@ mod tests {
             .starts_with("herald.drain returned \"paused\""));
     }
 }
+
+/// An outcome mail a coordinator is now sending (`herald.claim_job_mail`).
+#[derive(Clone, Debug)]
+pub struct DueMail {
+    pub job: i64,
+    pub to: String,
+    pub attempt: i32,
+    /// The job and its outcome: type, class, state, node, duration_ms, error, result, ...
+    pub details: serde_json::Value,
+}
+
+/// `herald.claim_job_mail`: the next due outcome mail, now marked as being sent by `node`.
+pub async fn claim_job_mail(client: &Client, node: &str) -> Result<Option<DueMail>, ApiError> {
+    let row = client
+        .query_opt(
+            "SELECT job, notify_email, attempt, details::text FROM herald.claim_job_mail($1)",
+            &[&node],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let details: &str = row.get(3);
+    Ok(Some(DueMail {
+        job: row.get(0),
+        to: row.get(1),
+        attempt: row.get(2),
+        details: serde_json::from_str(details).map_err(|_| ApiError::Unexpected {
+            call: "claim_job_mail",
+            value: details.to_string(),
+        })?,
+    }))
+}
+
+/// `herald.record_job_mail`: how the mail went (`sent`, `retry` or `failed`).
+pub async fn record_job_mail(
+    client: &Client,
+    job: i64,
+    node: &str,
+    outcome: &str,
+    error: Option<&str>,
+) -> Result<bool, ApiError> {
+    Ok(client
+        .query_one(
+            "SELECT herald.record_job_mail($1, $2, $3, $4)",
+            &[&job, &node, &outcome, &error],
+        )
+        .await?
+        .get(0))
+}

@@ -1,6 +1,8 @@
 //! Command-line configuration.
 use clap::{Args, Parser, Subcommand};
 
+use crate::smtp::Mailer;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "herald",
@@ -44,6 +46,18 @@ pub struct RunArgs {
     /// it runs (at least 5: control, job manager, job claims, one runner, one queue lane).
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 16)]
     pub max_connections: usize,
+    /// The mail server for jobs' outcome mails (`notify_email`): smtp://host[:port]
+    /// (add ?tls=required for STARTTLS) or smtps://host[:port], credentials as user:pass@.
+    /// Without it this coordinator sends no mails (others may).
+    #[arg(long, env = "HERALD_SMTP_URL")]
+    pub smtp_url: Option<String>,
+    /// The sender of outcome mails.
+    #[arg(
+        long,
+        env = "HERALD_MAIL_FROM",
+        default_value = "Herald <herald@localhost>"
+    )]
+    pub mail_from: String,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -69,6 +83,8 @@ pub enum ConfigError {
     BadJobRunners(usize),
     #[error("--max-connections must be between {min} and 1000, not {0}", min = Budget::MIN)]
     BadMaxConnections(usize),
+    #[error("{0}")]
+    BadMail(String),
 }
 
 /// How a coordinator spends its connections (`--max-connections`): three fixed ones (the
@@ -113,6 +129,8 @@ pub struct RunConfig {
     pub node: String,
     pub job_runners: usize,
     pub budget: Budget,
+    /// Where outcome mails go, if this coordinator sends them.
+    pub mailer: Option<Mailer>,
 }
 
 impl RunConfig {
@@ -134,11 +152,16 @@ impl RunConfig {
             return Err(ConfigError::BadJobRunners(args.job_runners));
         }
         let budget = Budget::new(args.max_connections, args.job_runners)?;
+        let mailer = match args.smtp_url.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(url) => Some(Mailer::new(url, &args.mail_from).map_err(ConfigError::BadMail)?),
+        };
         Ok(RunConfig {
             database,
             node,
             job_runners: args.job_runners,
             budget,
+            mailer,
         })
     }
 }
@@ -183,6 +206,8 @@ mod tests {
             node: node.map(str::to_string),
             job_runners: 4,
             max_connections: 16,
+            smtp_url: None,
+            mail_from: "Herald <herald@localhost>".into(),
         }
     }
 

@@ -105,6 +105,7 @@ impl Coordinator {
             let settings = JobSettings {
                 runners: self.config.job_runners,
                 sql_runners: self.config.budget.sql_runners,
+                mailer: self.config.mailer.clone(),
             };
             *jobs = Some(tokio::spawn(
                 job_manager::run(

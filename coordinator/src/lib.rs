@@ -7,8 +7,9 @@
 //!
 //! Layers, bottom to top (a module uses only those below it; areas never use each other;
 //! `tests/tests/layers.rs` checks this):
-//! 1. [`shutdown`] (the shared stop signal), [`config`] (command line and environment)
-//! 2. [`service`] (back-off and the interruptible waits every task shares), [`db`]
+//! 1. [`shutdown`] (the shared stop signal), [`smtp`] (sending mail, each message at most
+//!    once)
+//! 2. [`config`] (command line and environment), [`service`] (back-off and the interruptible waits every task shares), [`db`]
 //!    (connections, named `herald/<node>`), [`cluster`] (a private PostgreSQL cluster from
 //!    the installed server binaries)
 //! 3. [`api`]: the typed boundary to the extension, one function per `herald.*` call
@@ -33,4 +34,5 @@ pub mod jobs;
 pub mod queues;
 pub mod service;
 pub mod shutdown;
+pub mod smtp;
 pub mod status;

@@ -50,10 +50,16 @@ impl Env {
 
     /// Start `herald run --node <node> --database-url <url>`.
     pub fn coordinator_on(&self, node: &str, url: &str) -> Coordinator {
+        self.coordinator_with(node, url, &[])
+    }
+
+    /// Start `herald run --node <node> --database-url <url> <args>`.
+    pub fn coordinator_with(&self, node: &str, url: &str, args: &[&str]) -> Coordinator {
         let log =
             std::fs::File::create(self.cluster.dir.join(format!("{node}.log"))).expect("log file");
         let child = Command::new(herald_bin())
             .args(["run", "--database-url", url, "--node", node])
+            .args(args)
             .env("HERALD_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -290,4 +296,12 @@ pub async fn assert_exactly_once_in_order(client: &Client, queue: &str, expected
         by_id_order, 0,
         "queue {queue}: event ids increase along each producer's stream"
     );
+}
+
+/// A TCP port on the loopback that nothing listens on (now).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }

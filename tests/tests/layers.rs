@@ -44,8 +44,9 @@ const COORDINATOR: Crate = Crate {
     src: "coordinator/src",
     layers: &[
         ("shutdown", 0),
+        ("smtp", 0),
         ("service", 1),
-        ("config", 0),
+        ("config", 1),
         ("db", 1),
         ("cluster", 1),
         ("api", 2),

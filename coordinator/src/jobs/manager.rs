@@ -24,11 +24,12 @@ use tokio::sync::mpsc;
 use tokio_postgres::{Client, Config};
 use tracing::Instrument;
 
-use super::command;
+use super::{command, mail};
 use crate::api::{self, ApiError, ClaimedJob, Runner};
 use crate::db;
 use crate::service::{self, Backoff};
 use crate::shutdown::Shutdown;
+use crate::smtp::{Mailer, Sent};
 
 /// The longest wait between two turns.
 const TICK: Duration = Duration::from_secs(1);
@@ -40,7 +41,12 @@ pub struct JobSettings {
     pub runners: usize,
     /// Connections that run `sql` jobs (so: `sql` jobs at once).
     pub sql_runners: usize,
+    /// The mail server for outcome mails; without it this node sends none.
+    pub mailer: Option<Mailer>,
 }
+
+/// Outcome mails sent at once.
+const MAILS_AT_ONCE: usize = 4;
 
 /// A job that ran in a task of its own has ended; a `sql` job gives its connection back.
 enum Ended {
@@ -62,6 +68,8 @@ pub async fn run(database: Config, node: String, settings: JobSettings, shutdown
         running_sql: 0,
         running_commands: 0,
         returned: mpsc::unbounded_channel(),
+        mails_in_flight: 0,
+        mailed: mpsc::unbounded_channel(),
     };
     while !shutdown.is_stopping() {
         match manager.session(&mut backoff).await {
@@ -90,7 +98,16 @@ struct Manager {
     running_sql: usize,
     running_commands: usize,
     returned: (mpsc::UnboundedSender<Ended>, mpsc::UnboundedReceiver<Ended>),
+    /// Outcome mails being sent, and how each went.
+    mails_in_flight: usize,
+    mailed: (
+        mpsc::UnboundedSender<Mailed>,
+        mpsc::UnboundedReceiver<Mailed>,
+    ),
 }
+
+/// How the outcome mail of a job went.
+type Mailed = (i64, Sent);
 
 impl Manager {
     async fn session(&mut self, backoff: &mut Backoff) -> Result<(), ApiError> {
@@ -108,7 +125,7 @@ impl Manager {
         loop {
             self.take_back_returned();
             if self.shutdown.is_stopping() {
-                return Ok(());
+                break;
             }
             let rescued = api::rescue_jobs(&control).await?;
             if rescued > 0 {
@@ -116,15 +133,83 @@ impl Manager {
             }
             api::check_job_alerts(&control).await?;
             complete_finished(&control, &self.node).await?;
+            self.record_mails(&control).await?;
+            self.send_mails(&control).await?;
             self.start_jobs(&control).await?;
             let wait = api::await_jobs(&control, TICK.as_millis() as i32);
             match service::unless_stopped(wait, &mut stop).await {
                 Some(woken) => {
                     woken?;
                 }
-                None => return Ok(()),
+                None => break,
             }
         }
+        // Mails being sent are seen through and recorded, so that none stays "sending".
+        while self.mails_in_flight > 0 {
+            match self.mailed.1.recv().await {
+                Some((job, sent)) => self.record_mail(&control, job, sent).await?,
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Claim due outcome mails and send them in tasks of their own (a slow mail server
+    /// holds up nothing else).
+    async fn send_mails(&mut self, control: &Client) -> Result<(), ApiError> {
+        let Some(mailer) = self.settings.mailer.clone() else {
+            return Ok(());
+        };
+        while self.mails_in_flight < MAILS_AT_ONCE {
+            let Some(mail) = api::claim_job_mail(control, &self.node).await? else {
+                break;
+            };
+            self.mails_in_flight += 1;
+            let (mailer, back) = (mailer.clone(), self.mailed.0.clone());
+            tokio::spawn(
+                async move {
+                    let sent = match mail::outcome_message(mailer.from(), &mail) {
+                        Ok(message) => mailer.send(message).await,
+                        Err(e) => Sent::Failed(e),
+                    };
+                    let _ = back.send((mail.job, sent));
+                }
+                .in_current_span(),
+            );
+        }
+        Ok(())
+    }
+
+    async fn record_mails(&mut self, control: &Client) -> Result<(), ApiError> {
+        while let Ok((job, sent)) = self.mailed.1.try_recv() {
+            self.record_mail(control, job, sent).await?;
+        }
+        Ok(())
+    }
+
+    async fn record_mail(
+        &mut self,
+        control: &Client,
+        job: i64,
+        sent: Sent,
+    ) -> Result<(), ApiError> {
+        self.mails_in_flight -= 1;
+        let (outcome, error) = match &sent {
+            Sent::Sent => {
+                tracing::info!(job, "outcome mail sent");
+                ("sent", None)
+            }
+            Sent::Retry(e) => {
+                tracing::warn!(job, "outcome mail not sent, will retry: {e}");
+                ("retry", Some(e.as_str()))
+            }
+            Sent::Failed(e) => {
+                tracing::warn!(job, "outcome mail failed: {e}");
+                ("failed", Some(e.as_str()))
+            }
+        };
+        api::record_job_mail(control, job, &self.node, outcome, error).await?;
+        Ok(())
     }
 
     fn running(&self) -> usize {
