@@ -187,9 +187,14 @@ CREATE TABLE herald.job (
 );
 CREATE INDEX job_waiting_idx ON herald.job (class, concurrency_key, id)
     WHERE state OPERATOR(pg_catalog.=) 'CREATED';
+-- The next due job of a class, in the order jobs fall due: (class, run_after, id), an
+-- order the primary key cannot give, so that claims never walk past ended jobs.
+CREATE INDEX job_waiting_head_idx ON herald.job (class, run_after, id)
+    WHERE state OPERATOR(pg_catalog.=) 'CREATED';
 CREATE INDEX job_active_idx ON herald.job (class, concurrency_key)
     WHERE state IN ('STARTED', 'FINISHED');
-CREATE INDEX job_state_idx ON herald.job (state, id);
+-- (No index on state alone: every state change would add an entry to it. Running jobs
+-- are found through job_active_idx; ended jobs are only ever counted.)
 CREATE INDEX job_mail_due_idx ON herald.job (id)
     WHERE mail_state IN ('due', 'retry');
 COMMENT ON TABLE herald.job IS
@@ -309,7 +314,8 @@ AS 'MODULE_PATHNAME', 'check_job_alerts_wrapper';
 -- herald::jobs::lifecycle::claim_next_job
 CREATE  FUNCTION "claim_next_job"(
 	"node" TEXT, /* Option < & str > */
-	"runners" TEXT[] DEFAULT NULL /* Option < Vec < Option < String > > > */
+	"runners" TEXT[] DEFAULT NULL, /* Option < Vec < Option < String > > > */
+	"inline" bool DEFAULT true /* Option < bool > */
 ) RETURNS TABLE (
 	"id" bigint,  /* i64 */
 	"job_type" TEXT,  /* String */
@@ -418,6 +424,23 @@ VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'run_job_wrapper';
 
+-- herald::jobs::lifecycle::run_job_and_claim
+CREATE  FUNCTION "run_job_and_claim"(
+	"job" bigint, /* Option < i64 > */
+	"node" TEXT, /* Option < & str > */
+	"inline" bool DEFAULT true /* Option < bool > */
+) RETURNS TABLE (
+	"state" TEXT,  /* String */
+	"next_id" bigint,  /* Option < i64 > */
+	"next_type" TEXT,  /* Option < String > */
+	"next_target" TEXT,  /* Option < String > */
+	"next_params" jsonb,  /* Option < pgrx :: JsonB > */
+	"next_newthread" bool  /* Option < bool > */
+)
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'run_job_and_claim_wrapper';
+
 -- extension/src/jobs/lifecycle.rs:670
 -- herald::jobs::lifecycle::set_job_state
 CREATE  FUNCTION "set_job_state"(
@@ -448,7 +471,7 @@ DECLARE f regprocedure;
 BEGIN
     FOR f IN SELECT p.oid FROM pg_catalog.pg_proc p
               WHERE p.pronamespace = 'herald'::regnamespace
-                AND p.proname = ANY (ARRAY['_job_class_write', 'abort_job', 'add_system_listener', 'await_jobs', 'await_queues', 'callout', 'check_job_alerts', 'claim_job_mail', 'claim_next_job', 'complete_next_job', 'create_job_type', 'drop_job_type', 'fail_job', 'finish_job', 'mark_job_finished', 'record_job_mail', 'rescue_jobs', 'retry_job', 'run_job', 'set_job_state', 'submit_job'])
+                AND p.proname = ANY (ARRAY['_job_class_write', 'abort_job', 'add_system_listener', 'await_jobs', 'await_queues', 'callout', 'check_job_alerts', 'claim_job_mail', 'claim_next_job', 'complete_next_job', 'create_job_type', 'drop_job_type', 'fail_job', 'finish_job', 'mark_job_finished', 'record_job_mail', 'rescue_jobs', 'retry_job', 'run_job', 'run_job_and_claim', 'set_job_state', 'submit_job'])
     LOOP
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
     END LOOP;

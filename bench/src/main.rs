@@ -6,12 +6,15 @@
 //!    `event_amount_per_lookup = 10` and a no-op SQL handler vs pgmq `read` + `delete`
 //!    in batches of 10.
 //! 3. Latency from the producer's commit to the handler's start at 500 events/s.
+//! 7. Jobs against graphile-worker (see `jobs`).
 //!
 //! Prints figures and ratios; never fails on timing.
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use herald_coordinator::cluster::{find_bindir, ClusterOptions, PgCluster};
+
+mod jobs;
 
 const SECONDS: u64 = 10;
 const BACKLOG: i32 = 50_000;
@@ -148,6 +151,11 @@ async fn run() -> Result<(), String> {
     // 4. capture
     if wanted("capture") {
         capture(&cluster, &db, seconds).await?;
+    }
+
+    // 7. jobs
+    if wanted("jobs") {
+        jobs::run(&cluster, &db, &herald_bin, seconds).await?;
     }
 
     // 5. scale (docs/scaling.md)

@@ -305,29 +305,84 @@ pub struct ClaimedJob {
     /// sql: the function; command: the program.
     pub target: String,
     pub params: serde_json::Value,
-    /// Run concurrently, not inline in the manager's loop.
+    /// Run beside other jobs; without it, one such job at a time per coordinator.
     pub newthread: bool,
 }
 
 /// `herald.claim_next_job`: start the next job of `runner` that may start now, claimed by
-/// `client`. (A class whose next job has the other runner is left to that runner's claim.)
+/// `client`; only a `newthread` one unless `inline`. (A class whose next job does not
+/// match is left to another claim.)
 pub async fn claim_next_job(
     client: &Client,
     node: &str,
     runner: Runner,
+    inline: bool,
 ) -> Result<Option<ClaimedJob>, ApiError> {
     let runners = [runner.as_str()];
     let row = client
-        .query_opt(
-            "SELECT id, job_type, runner, target, params::text, newthread
-               FROM herald.claim_next_job($1, $2)",
-            &[&node, &runners.as_slice()],
-        )
+        .query_opt(CLAIM_NEXT_JOB, &[&node, &runners.as_slice(), &inline])
         .await?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let runner = match row.get::<_, &str>(2) {
+    row.map(|row| claimed_from(&row, 0)).transpose()
+}
+
+const CLAIM_NEXT_JOB: &str = "SELECT id, job_type, runner, target, params::text, newthread
+                                FROM herald.claim_next_job($1, $2, $3)";
+const RUN_JOB_AND_CLAIM: &str =
+    "SELECT state, next_id, next_type, 'sql', next_target, next_params::text, next_newthread
+       FROM herald.run_job_and_claim($1, $2, $3)";
+
+/// A connection that runs `sql` jobs, with its statements prepared once.
+pub struct SqlRunner {
+    pub client: Client,
+    claim: tokio_postgres::Statement,
+    run_and_claim: tokio_postgres::Statement,
+}
+
+impl SqlRunner {
+    pub async fn new(client: Client) -> Result<SqlRunner, ApiError> {
+        let claim = client.prepare(CLAIM_NEXT_JOB).await?;
+        let run_and_claim = client.prepare(RUN_JOB_AND_CLAIM).await?;
+        Ok(SqlRunner {
+            client,
+            claim,
+            run_and_claim,
+        })
+    }
+
+    /// `herald.claim_next_job(node, '{sql}', inline)`.
+    pub async fn claim(&self, node: &str, inline: bool) -> Result<Option<ClaimedJob>, ApiError> {
+        let runners = [Runner::Sql.as_str()];
+        let row = self
+            .client
+            .query_opt(&self.claim, &[&node, &runners.as_slice(), &inline])
+            .await?;
+        row.map(|row| claimed_from(&row, 0)).transpose()
+    }
+
+    /// `herald.run_job_and_claim(job, node, inline)`: run a claimed job, then claim the next
+    /// in the same transaction. The job's state and the next job.
+    pub async fn run_and_claim(
+        &self,
+        job: i64,
+        node: &str,
+        inline: bool,
+    ) -> Result<(String, Option<ClaimedJob>), ApiError> {
+        let row = self
+            .client
+            .query_one(&self.run_and_claim, &[&job, &node, &inline])
+            .await?;
+        let next = match row.get::<_, Option<i64>>(1) {
+            Some(_) => Some(claimed_from(&row, 1)?),
+            None => None,
+        };
+        Ok((row.get(0), next))
+    }
+}
+
+/// A claimed job from columns `at..at + 6` of `row`: id, type, runner, target, params
+/// (as text), newthread.
+fn claimed_from(row: &tokio_postgres::Row, at: usize) -> Result<ClaimedJob, ApiError> {
+    let runner = match row.get::<_, &str>(at + 2) {
         "sql" => Runner::Sql,
         "command" => Runner::Command,
         other => {
@@ -337,18 +392,18 @@ pub async fn claim_next_job(
             })
         }
     };
-    let params: &str = row.get(4);
-    Ok(Some(ClaimedJob {
-        id: row.get(0),
-        r#type: row.get(1),
+    let params: &str = row.get(at + 4);
+    Ok(ClaimedJob {
+        id: row.get(at),
+        r#type: row.get(at + 1),
         runner,
-        target: row.get(3),
+        target: row.get(at + 3),
         params: serde_json::from_str(params).map_err(|_| ApiError::Unexpected {
             call: "claim_next_job",
             value: params.to_string(),
         })?,
-        newthread: row.get(5),
-    }))
+        newthread: row.get(at + 5),
+    })
 }
 
 /// `herald.run_job`: run a claimed `sql` job on the connection that claimed it; returns the

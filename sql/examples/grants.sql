@@ -57,7 +57,8 @@ GRANT EXECUTE ON FUNCTION herald.claim_queue(text), herald.release_queue(text),
     TO herald_coordinator;
 --    Jobs: claiming, running (targets and hooks run as their types' owners), completing,
 --    rescuing, alerts, outcome mails; and what `herald status` shows.
-GRANT EXECUTE ON FUNCTION herald.claim_next_job(text, text[]), herald.run_job(bigint),
+GRANT EXECUTE ON FUNCTION herald.claim_next_job(text, text[], boolean), herald.run_job(bigint),
+                          herald.run_job_and_claim(bigint, text, boolean),
                           herald.finish_job(bigint, jsonb), herald.fail_job(bigint, text),
                           herald.complete_next_job(text), herald.rescue_jobs(),
                           herald.check_job_alerts(), herald.await_jobs(integer),

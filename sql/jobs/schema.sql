@@ -180,9 +180,14 @@ CREATE TABLE herald.job (
 );
 CREATE INDEX job_waiting_idx ON herald.job (class, concurrency_key, id)
     WHERE state OPERATOR(pg_catalog.=) 'CREATED';
+-- The next due job of a class, in the order jobs fall due: (class, run_after, id), an
+-- order the primary key cannot give, so that claims never walk past ended jobs.
+CREATE INDEX job_waiting_head_idx ON herald.job (class, run_after, id)
+    WHERE state OPERATOR(pg_catalog.=) 'CREATED';
 CREATE INDEX job_active_idx ON herald.job (class, concurrency_key)
     WHERE state IN ('STARTED', 'FINISHED');
-CREATE INDEX job_state_idx ON herald.job (state, id);
+-- (No index on state alone: every state change would add an entry to it. Running jobs
+-- are found through job_active_idx; ended jobs are only ever counted.)
 CREATE INDEX job_mail_due_idx ON herald.job (id)
     WHERE mail_state IN ('due', 'retry');
 COMMENT ON TABLE herald.job IS

@@ -162,3 +162,84 @@ async fn a_dump_and_restore_keep_every_queue_listener_and_pending_event() {
     assert_exactly_once_in_order(&reloaded, "q1", 251).await;
     assert!(c.terminate().success());
 }
+
+/// What a backup must carry of jobs: classes as users set them, types, every job with its
+/// state and params, the audit, and where job ids go on.
+const JOB_STATE: &str = "
+    SELECT (SELECT string_agg(name || ':' || coalesce(max_running::text, '-') || ':'
+                              || coalesce(wait_timeout::text, '-'), ',' ORDER BY name)
+              FROM herald.job_class)
+        || ' | ' || (SELECT string_agg(name || ':' || target || ':' || class || ':' || max_attempts
+                                       || ':' || owner::text, ',' ORDER BY name) FROM herald.job_type)
+        || ' | ' || (SELECT string_agg(id || ':' || type || ':' || state || ':' || params::text,
+                                       ',' ORDER BY id) FROM herald.job)
+        || ' | ' || (SELECT string_agg(job || ':' || action || ':' || new_state, ',' ORDER BY id)
+                       FROM herald.job_audit)
+        || ' | ' || (SELECT last_value FROM herald.job_id_seq)";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dump_and_restore_keep_job_classes_types_and_waiting_jobs() {
+    let (env, admin) = Env::start_with(
+        "CREATE TABLE posted (n int, at timestamptz DEFAULT clock_timestamp());
+         CREATE FUNCTION post(p jsonb) RETURNS jsonb LANGUAGE sql AS $$
+             INSERT INTO posted (n) VALUES ((p->>'n')::int); SELECT NULL::jsonb $$;
+         UPDATE herald.job_class SET max_running = 1, wait_timeout = '5 minutes' WHERE name = 'posting';
+         INSERT INTO herald.job_class (name, max_running) VALUES ('nightly', 2);
+         SELECT herald.create_job_type('posting_run', 'post', class => 'posting', max_attempts => 3);
+         SELECT herald.create_job_type('nightly_run', 'post', class => 'nightly');
+         SELECT herald.submit_job('posting_run', jsonb_build_object('n', g)) FROM generate_series(1, 20) g;
+         SELECT herald.submit_job('nightly_run', '{\"n\": 100}');
+         SELECT herald.abort_job(21, 'not tonight');",
+    )
+    .await;
+    let before: String = admin.query_one(JOB_STATE, &[]).await.unwrap().get(0);
+    assert!(
+        before.contains("nightly:2:-") && before.contains("21:nightly_run:ABORTED"),
+        "{before}"
+    );
+    let dump = env.cluster.dir.join("jobs.dump");
+    let dump = dump.to_str().unwrap();
+    env.tool("pg_dump", &["-Fc", "-f", dump, "postgres"]);
+    admin
+        .batch_execute("CREATE DATABASE restored")
+        .await
+        .unwrap();
+    env.tool("pg_restore", &["-d", "restored", dump]);
+    let restored = connect(&env.url_of("restored")).await;
+    let after: String = restored.query_one(JOB_STATE, &[]).await.unwrap().get(0);
+    assert_eq!(
+        after, before,
+        "classes, types, jobs, audit and the id sequence"
+    );
+
+    // The restored backlog runs, serialized and in submission order, and new jobs get new
+    // ids.
+    let mut c = env.coordinator_on("r1", &env.url_of("restored"));
+    let next: i64 = restored
+        .query_one(
+            "SELECT herald.submit_job('posting_run', '{\"n\": 21}')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(next, 22);
+    wait_for(
+        &restored,
+        "SELECT count(*) = 21 FROM herald.job WHERE state = 'COMPLETED'",
+        60,
+        "the restored postings to run",
+    )
+    .await;
+    assert_eq!(
+        count(
+            &restored,
+            "SELECT count(*) FROM (SELECT n, lag(n) OVER (ORDER BY at) AS prev FROM posted) x
+              WHERE prev IS NOT NULL AND n <> prev + 1"
+        )
+        .await,
+        0,
+        "in submission order"
+    );
+    assert!(c.terminate().success());
+}

@@ -382,3 +382,90 @@ async fn a_paused_coordinator_keeps_its_job_and_finishes_it() {
     assert_eq!(r.get::<_, i32>(1), 1);
     assert_eq!(r.get::<_, String>(2), runner);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_jobs_run_without_a_shell_and_record_their_outcome() {
+    let (env, db, _nodes) = start(2).await;
+    db.batch_execute(
+        "CREATE TABLE callouts (job bigint, action text, details jsonb);
+         CREATE FUNCTION record_callout(e herald.event) RETURNS void LANGUAGE sql AS $$
+             INSERT INTO callouts VALUES ((e.details->>'job')::bigint, e.action, e.details) $$;
+         INSERT INTO herald.event_queue (name, event_run) VALUES ('callouts', 1);
+         SELECT herald.add_system_listener('record_callout', 'CALLOUT', 'callouts');
+         SELECT herald.create_job_type('echo', '/bin/echo', runner => 'command', newthread => true);
+         SELECT herald.create_job_type('fails', '/bin/sh', runner => 'command', newthread => true);",
+    )
+    .await
+    .unwrap();
+    let c = env.connect().await;
+    // An argument that a shell would expand, split or run: passed as it is.
+    let echo: i64 = c
+        .query_one(
+            r#"SELECT herald.submit_job('echo', '{"args": ["total $HOME; rm -rf /tmp/x", "*"]}')"#,
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let fails: i64 = c
+        .query_one(
+            r#"SELECT herald.submit_job('fails', '{"args": ["-c", "echo broken >&2; exit 3"]}')"#,
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    wait_all_ended(&db, 60).await;
+    let ok = db
+        .query_one(
+            &format!(
+                "SELECT state, result->>'stdout', (result->>'exit_code')::int,
+                        (result->>'duration_ms') IS NOT NULL
+                   FROM herald.job WHERE id = {echo}"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.get::<_, String>(0), "COMPLETED");
+    assert_eq!(
+        ok.get::<_, String>(1),
+        "total $HOME; rm -rf /tmp/x *\n",
+        "the arguments reached the program untouched by any shell"
+    );
+    assert_eq!(ok.get::<_, i32>(2), 0);
+    assert!(ok.get::<_, bool>(3), "the duration is recorded");
+    let bad = db
+        .query_one(
+            &format!("SELECT state, error FROM herald.job WHERE id = {fails}"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(bad.get::<_, String>(0), "STARTERROR");
+    let error: String = bad.get(1);
+    assert!(
+        error.contains("exited with code 3") && error.contains("broken"),
+        "the exit code and the stderr tail are the job's error: {error}"
+    );
+    // CALLOUT begin and end for each, delivered through the queue's listener.
+    wait_for(
+        &db,
+        "SELECT count(*) = 4 FROM callouts",
+        30,
+        "four CALLOUT events",
+    )
+    .await;
+    let end = db
+        .query_one(
+            &format!(
+                "SELECT (details->>'exit_code')::int, (details->>'ok')::boolean
+                   FROM callouts WHERE job = {fails} AND action = 'end'"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(end.get::<_, i32>(0), 3);
+    assert!(!end.get::<_, bool>(1));
+}

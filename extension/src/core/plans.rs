@@ -14,7 +14,12 @@ use super::errors::raise;
 
 thread_local! {
     static PLANS: RefCell<HashMap<&'static str, pg_sys::SPIPlanPtr>> = RefCell::new(HashMap::new());
+    /// Plans of statements built at run time (calls of user functions), by their text.
+    static BUILT: RefCell<HashMap<String, pg_sys::SPIPlanPtr>> = RefCell::new(HashMap::new());
 }
+
+/// At most this many plans of built statements are kept; beyond, all are freed.
+const MAX_BUILT: usize = 256;
 
 /// The rows an execution returned; valid while the SPI connection lasts.
 pub struct Rows {
@@ -76,8 +81,62 @@ pub fn execute_latest(
     run(connected, sql, types, args, true)
 }
 
+/// [`execute`] a statement built at run time (the call of a user function, whose name
+/// is part of the text); its plan is kept by its text. Errors the statement raises
+/// propagate.
+pub fn execute_built(
+    connected: &pgrx::spi::SpiClient<'_>,
+    sql: &str,
+    types: &[pg_sys::Oid],
+    args: &[Option<pg_sys::Datum>],
+) -> Rows {
+    assert_eq!(types.len(), args.len(), "argument count of: {sql}");
+    let plan = BUILT.with(|built| {
+        let mut built = built.borrow_mut();
+        if let Some(plan) = built.get(sql) {
+            return *plan;
+        }
+        if built.len() >= MAX_BUILT {
+            for (_, plan) in built.drain() {
+                // SAFETY: a kept plan of this map, freed once and forgotten.
+                unsafe { pg_sys::SPI_freeplan(plan) };
+            }
+        }
+        let plan = prepare(sql, types);
+        built.insert(sql.to_string(), plan);
+        plan
+    });
+    execute_plan(connected, plan, args, false)
+}
+
+/// Prepare and keep a generic plan of `sql`.
+fn prepare(sql: &str, types: &[pg_sys::Oid]) -> pg_sys::SPIPlanPtr {
+    // SAFETY: `text` and `types` outlive the call; the caller is connected to SPI (it
+    // holds a SpiClient), which SPI_prepare_cursor and SPI_keepplan require.
+    unsafe {
+        let text = std::ffi::CString::new(sql).expect("SQL without NUL");
+        let mut types = types.to_vec();
+        let plan = pg_sys::SPI_prepare_cursor(
+            text.as_ptr(),
+            types.len() as i32,
+            types.as_mut_ptr(),
+            pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
+        );
+        if plan.is_null() {
+            let code = pg_sys::SPI_result;
+            raise(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("herald could not prepare an internal statement (SPI code {code})"),
+                None,
+            );
+        }
+        pg_sys::SPI_keepplan(plan);
+        plan
+    }
+}
+
 fn run(
-    _connected: &pgrx::spi::SpiClient<'_>,
+    connected: &pgrx::spi::SpiClient<'_>,
     sql: &'static str,
     types: &[pg_sys::Oid],
     args: &[Option<pg_sys::Datum>],
@@ -85,29 +144,20 @@ fn run(
 ) -> Rows {
     assert_eq!(types.len(), args.len(), "argument count of: {sql}");
     let plan = PLANS.with(|plans| {
-        // SAFETY: `text` and `types` outlive the call; the caller is connected to SPI (it
-        // holds a SpiClient), which SPI_prepare_cursor and SPI_keepplan require.
-        *plans.borrow_mut().entry(sql).or_insert_with(|| unsafe {
-            let text = std::ffi::CString::new(sql).expect("SQL without NUL");
-            let mut types = types.to_vec();
-            let plan = pg_sys::SPI_prepare_cursor(
-                text.as_ptr(),
-                types.len() as i32,
-                types.as_mut_ptr(),
-                pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
-            );
-            if plan.is_null() {
-                let code = pg_sys::SPI_result;
-                raise(
-                    PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-                    format!("herald could not prepare an internal statement (SPI code {code})"),
-                    None,
-                );
-            }
-            pg_sys::SPI_keepplan(plan);
-            plan
-        })
+        *plans
+            .borrow_mut()
+            .entry(sql)
+            .or_insert_with(|| prepare(sql, types))
     });
+    execute_plan(connected, plan, args, latest)
+}
+
+fn execute_plan(
+    _connected: &pgrx::spi::SpiClient<'_>,
+    plan: pg_sys::SPIPlanPtr,
+    args: &[Option<pg_sys::Datum>],
+    latest: bool,
+) -> Rows {
     let mut values: Vec<pg_sys::Datum> = args
         .iter()
         .map(|a| a.unwrap_or(pg_sys::Datum::from(0)))
@@ -117,7 +167,7 @@ fn run(
         .map(|a| if a.is_some() { b' ' } else { b'n' } as std::ffi::c_char)
         .collect();
     // SAFETY: `plan` is a kept plan with `values.len()` parameters of the declared types
-    // (asserted above), `nulls` has one flag per value, and SPI is connected. With
+    // (asserted by the callers), `nulls` has one flag per value, and SPI is connected. With
     // `latest`, SPI pushes (a copy of) the latest snapshot for the query's duration.
     unsafe {
         let rc = if latest {

@@ -7,6 +7,7 @@ use pgrx::PgSqlErrorCode as Code;
 
 use crate::core::catalog;
 use crate::core::errors::{self, raise};
+use crate::core::plans;
 
 /// The arguments a function must take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,16 +170,28 @@ struct Call {
 
 fn describe(oid: pg_sys::Oid) -> Call {
     let row = catalog::as_owner(|| {
-        errors::spi(Spi::get_three_with_args::<String, bool, bool>(
-            "SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.'
+        Spi::connect(|client| {
+            let rows = plans::execute(
+                client,
+                "SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.'
                     OPERATOR(pg_catalog.||) pg_catalog.quote_ident(p.proname),
                     p.prokind OPERATOR(pg_catalog.=) 'p',
                     p.prorettype OPERATOR(pg_catalog.=) 'pg_catalog.void'::pg_catalog.regtype
                FROM pg_catalog.pg_proc p
                JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace
               WHERE p.oid OPERATOR(pg_catalog.=) $1",
-            &[oid.into()],
-        ))
+                &[pg_sys::OIDOID],
+                &[oid.into_datum()],
+            );
+            if rows.is_empty() {
+                return (None, None, None);
+            }
+            (
+                rows.get::<String>(0, 1),
+                rows.get::<bool>(0, 2),
+                rows.get::<bool>(0, 3),
+            )
+        })
     });
     match row {
         (Some(name), Some(procedure), Some(void)) => Call {
@@ -216,10 +229,17 @@ pub fn call_target(
             ));
             None
         } else {
-            errors_pass(Spi::get_one_with_args::<pgrx::JsonB>(
-                &format!("SELECT pg_catalog.to_jsonb({}($1))", call.name),
-                &[params.into()],
-            ))
+            // A kept plan per function and owner (a plan may inline a SQL function, whose
+            // EXECUTE privilege is checked when it is planned, so the plan is the owner's).
+            let sql = format!(
+                "SELECT pg_catalog.to_jsonb({}($1)) /* owner {} */",
+                call.name,
+                owner.to_u32()
+            );
+            Spi::connect(|client| {
+                plans::execute_built(client, &sql, &[pg_sys::JSONBOID], &[params.into_datum()])
+                    .get::<pgrx::JsonB>(0, 1)
+            })
         }
     })
 }

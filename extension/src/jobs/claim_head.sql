@@ -1,13 +1,14 @@
 -- The job of class $1 to start next, if the class has room: the oldest waiting due job of
 -- each concurrency key, if fewer than $2 jobs of that key run (running jobs older than the
--- class's wait timeout $3 no longer count). NULL $2: the class is unlimited. With the job's
--- runner (a job whose type is gone has none).
-SELECT w.id, (SELECT t.runner FROM herald.job_type t WHERE t.name OPERATOR(pg_catalog.=) w.type)
+-- class's wait timeout $3 no longer count). NULL $2: the class is unlimited. With its
+-- type's runner, target and newthread (NULL when the type is gone).
+SELECT w.id, t.runner, t.target, t.newthread
   FROM (SELECT DISTINCT ON (j.concurrency_key) j.id, j.concurrency_key, j.type
           FROM herald.job j
          WHERE j.state OPERATOR(pg_catalog.=) 'CREATED' AND j.class OPERATOR(pg_catalog.=) $1
            AND j.run_after OPERATOR(pg_catalog.<=) pg_catalog.now()
          ORDER BY j.concurrency_key, j.id) w
+  LEFT JOIN herald.job_type t ON t.name OPERATOR(pg_catalog.=) w.type
  WHERE $2 IS NULL
     OR (SELECT pg_catalog.count(*) FROM herald.job r
          WHERE r.state OPERATOR(pg_catalog.=) ANY ('{STARTED,FINISHED}'::pg_catalog.text[]) AND r.class OPERATOR(pg_catalog.=) $1

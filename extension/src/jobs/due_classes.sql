@@ -1,9 +1,20 @@
--- Classes with waiting due jobs, the one waiting longest first, with their limits (a job
--- whose class was deleted counts as unlimited).
-SELECT j.class, c.max_running, c.wait_timeout
-  FROM herald.job j
-  LEFT JOIN herald.job_class c ON c.name OPERATOR(pg_catalog.=) j.class
- WHERE j.state OPERATOR(pg_catalog.=) 'CREATED'
-   AND j.run_after OPERATOR(pg_catalog.<=) pg_catalog.now()
- GROUP BY j.class, c.max_running, c.wait_timeout
- ORDER BY pg_catalog.min(j.id)
+-- Classes with waiting jobs, with their limits (a job whose class was deleted counts as
+-- unlimited), found by a skip scan of job_waiting_head_idx: one index probe per class,
+-- not a pass over every waiting job, so that a claim costs the same with ten waiting jobs
+-- or a million. (Whether a class has a job due now is the claim's own probe.)
+WITH RECURSIVE c (class) AS (
+    (SELECT j.class FROM herald.job j
+      WHERE j.state OPERATOR(pg_catalog.=) 'CREATED'
+      ORDER BY j.class LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.class FROM herald.job j
+             WHERE j.state OPERATOR(pg_catalog.=) 'CREATED'
+               AND j.class OPERATOR(pg_catalog.>) c.class
+             ORDER BY j.class LIMIT 1)
+      FROM c WHERE c.class IS NOT NULL
+)
+SELECT c.class,
+       (SELECT k.max_running FROM herald.job_class k WHERE k.name OPERATOR(pg_catalog.=) c.class),
+       (SELECT k.wait_timeout FROM herald.job_class k WHERE k.name OPERATOR(pg_catalog.=) c.class)
+  FROM c
+ WHERE c.class IS NOT NULL

@@ -17,6 +17,7 @@ use super::{claim_key, class_key, first, wake_managers_at_commit, State};
 use crate::core::advisory::KeySpace;
 use crate::core::catalog;
 use crate::core::errors::{self, raise};
+use crate::core::plans;
 use crate::core::subxact;
 use crate::delivery;
 use crate::listeners::event_types::is_admin;
@@ -44,51 +45,59 @@ pub struct Job {
     pub retry_delay: Option<Interval>,
 }
 
-/// Read a job with its type (`FOR UPDATE` of the job row if `lock`).
+/// Read a job with its type (`FOR UPDATE` of the job row if `lock`). A kept plan: this
+/// runs several times per job.
 pub fn load(job: i64, lock: bool) -> Option<Job> {
-    let sql = format!(
-        "SELECT j.id, j.type, j.params, j.state, j.attempts, j.claim_pid, j.node,
+    macro_rules! select {
+        () => {
+            "SELECT j.id, j.type, j.params, j.state, j.attempts, j.claim_pid, j.node,
                 j.submitted_by::pg_catalog.oid, t.runner, t.target, t.owner::pg_catalog.oid,
                 t.before_completion::pg_catalog.oid, t.after_completion::pg_catalog.oid,
                 t.compensate::pg_catalog.oid, t.autofinish, t.newthread, t.gobackonerror,
                 t.max_attempts, t.retry_delay
            FROM herald.job j
            LEFT JOIN herald.job_type t ON t.name OPERATOR(pg_catalog.=) j.type
-          WHERE j.id OPERATOR(pg_catalog.=) $1 {}",
-        if lock { "FOR UPDATE OF j" } else { "" }
-    );
+          WHERE j.id OPERATOR(pg_catalog.=) $1"
+        };
+    }
+    const PLAIN: &str = select!();
+    const LOCKED: &str = concat!(select!(), " FOR UPDATE OF j");
     catalog::as_owner(|| {
-        errors::spi(Spi::connect_mut(|client| {
-            let rows = client.update(&sql, Some(1), &[job.into()])?;
+        Spi::connect_mut(|client| {
+            let rows = plans::execute(
+                client,
+                if lock { LOCKED } else { PLAIN },
+                &[pg_sys::INT8OID],
+                &[job.into_datum()],
+            );
             if rows.is_empty() {
-                return Ok::<_, pgrx::spi::SpiError>(None);
+                return None;
             }
-            let r = rows.first();
-            let state: String = r.get(4)?.unwrap_or_default();
-            Ok(Some(Job {
-                id: r.get(1)?.unwrap_or_default(),
-                r#type: r.get(2)?.unwrap_or_default(),
-                params: r
-                    .get::<pgrx::JsonB>(3)?
+            let get_s = |c| rows.get::<String>(0, c).unwrap_or_default();
+            Some(Job {
+                id: rows.get(0, 1).unwrap_or_default(),
+                r#type: get_s(2),
+                params: rows
+                    .get::<pgrx::JsonB>(0, 3)
                     .unwrap_or(pgrx::JsonB(serde_json::json!({}))),
-                state: State::parse(&state).unwrap_or(State::Aborted),
-                attempts: r.get(5)?.unwrap_or_default(),
-                claim_pid: r.get(6)?,
-                node: r.get(7)?,
-                submitted_by: r.get(8)?.unwrap_or(pg_sys::InvalidOid),
-                runner: r.get(9)?.unwrap_or_default(),
-                target: r.get(10)?.unwrap_or_default(),
-                owner: r.get(11)?.unwrap_or(pg_sys::InvalidOid),
-                before_completion: r.get(12)?,
-                after_completion: r.get(13)?,
-                compensate: r.get(14)?,
-                autofinish: r.get(15)?.unwrap_or(true),
-                newthread: r.get(16)?.unwrap_or(false),
-                gobackonerror: r.get(17)?.unwrap_or(false),
-                max_attempts: r.get(18)?.unwrap_or(1),
-                retry_delay: r.get(19)?,
-            }))
-        }))
+                state: State::parse(&get_s(4)).unwrap_or(State::Aborted),
+                attempts: rows.get(0, 5).unwrap_or_default(),
+                claim_pid: rows.get(0, 6),
+                node: rows.get(0, 7),
+                submitted_by: rows.get(0, 8).unwrap_or(pg_sys::InvalidOid),
+                runner: get_s(9),
+                target: get_s(10),
+                owner: rows.get(0, 11).unwrap_or(pg_sys::InvalidOid),
+                before_completion: rows.get(0, 12),
+                after_completion: rows.get(0, 13),
+                compensate: rows.get(0, 14),
+                autofinish: rows.get(0, 15).unwrap_or(true),
+                newthread: rows.get(0, 16).unwrap_or(false),
+                gobackonerror: rows.get(0, 17).unwrap_or(false),
+                max_attempts: rows.get(0, 18).unwrap_or(1),
+                retry_delay: rows.get(0, 19),
+            })
+        })
     })
 }
 
@@ -112,59 +121,102 @@ pub struct Change<'a> {
     pub delay: Option<Interval>,
     /// Only if this backend runs the job (holds it as `claim_pid`).
     pub mine: bool,
+    /// STARTED to COMPLETED through FINISHED in one change (a type without completion
+    /// hooks): both JOB events are emitted.
+    pub through_finished: bool,
 }
 
-/// Move `job` from one of `from` to `to` (one guarded UPDATE); false if it was in none of
+/// A job that changed state.
+pub struct Moved {
+    pub r#type: String,
+    pub params: pgrx::JsonB,
+}
+
+/// Move `job` from one of `from` to `to` (one guarded UPDATE); None if it was in none of
 /// them. Emits the JOB event (action `1` on start, `2` when a run stops, `RETRY` when it
-/// is queued again) and wakes the job managers at commit unless the job just started.
-pub fn transition(job: i64, from: &[State], to: State, change: Change<'_>) -> bool {
+/// is queued again) and, where the change may let a job start, wakes the job managers at
+/// commit.
+pub fn transition(job: i64, from: &[State], to: State, change: Change<'_>) -> Option<Moved> {
+    use pg_sys::{BOOLOID, INT8OID, INTERVALOID, JSONBOID, TEXTARRAYOID, TEXTOID};
     let from: Vec<&str> = from.iter().map(|s| s.name()).collect();
     let moved = catalog::as_owner(|| {
-        errors::spi(Spi::connect_mut(|client| {
-            let rows = client.update(
+        Spi::connect_mut(|client| {
+            let rows = plans::execute(
+                client,
                 include_str!("transition.sql"),
-                None,
                 &[
-                    job.into(),
-                    to.name().into(),
-                    from.clone().into(),
-                    change.node.into(),
-                    change.result.into(),
-                    change.error.into(),
-                    change.delay.into(),
-                    change.mine.into(),
+                    INT8OID,
+                    TEXTOID,
+                    TEXTARRAYOID,
+                    TEXTOID,
+                    JSONBOID,
+                    TEXTOID,
+                    INTERVALOID,
+                    BOOLOID,
+                    BOOLOID,
                 ],
-            )?;
+                &[
+                    job.into_datum(),
+                    to.name().into_datum(),
+                    from.into_datum(),
+                    change.node.into_datum(),
+                    change.result.into_datum(),
+                    change.error.into_datum(),
+                    change.delay.into_datum(),
+                    change.mine.into_datum(),
+                    change.through_finished.into_datum(),
+                ],
+            );
             if rows.is_empty() {
-                return Ok::<_, pgrx::spi::SpiError>(None);
+                return None;
             }
-            let r = rows.first();
-            Ok(Some((
-                r.get::<pgrx::JsonB>(1)?,
-                r.get::<String>(2)?.unwrap_or_default(),
-            )))
-        }))
+            Some((
+                rows.get::<pgrx::JsonB>(0, 1),
+                Moved {
+                    r#type: rows.get::<String>(0, 2).unwrap_or_default(),
+                    params: rows
+                        .get::<pgrx::JsonB>(0, 3)
+                        .unwrap_or(pgrx::JsonB(serde_json::json!({}))),
+                },
+                rows.get::<bool>(0, 4).unwrap_or(true),
+            ))
+        })
     });
-    let Some((details, type_name)) = moved else {
-        return false;
-    };
+    let (details, moved, ends_matter) = moved?;
     let action = match to {
         State::Started => "1",
         State::Created => "RETRY",
         _ => "2",
     };
-    let details = details
-        .unwrap_or(pgrx::JsonB(serde_json::json!({})))
-        .into_datum()
-        .unwrap_or(pg_sys::Datum::from(0));
-    delivery::publish_system("JOB", action, &type_name, details);
-    // A run that ended frees a slot (of its class, and of its node's runners), a retry is
-    // startable, a finished job wants completing: the managers look at once. (Their latch
-    // is cheap to set; a manager that finds nothing sleeps again.)
-    if to != State::Started {
+    let details = details.unwrap_or(pgrx::JsonB(serde_json::json!({})));
+    if change.through_finished {
+        // The FINISHED step's event, as its own change would have told it.
+        let mut finished = details.0.clone();
+        if let Some(map) = finished.as_object_mut() {
+            map.insert("state".into(), serde_json::json!(State::Finished.name()));
+        }
+        publish("2", &moved.r#type, pgrx::JsonB(finished));
+    }
+    publish(action, &moved.r#type, details);
+    // The managers look at once when this commit may let a job start: a retry is
+    // startable, a finished job wants completing, an end frees a slot of a limited class
+    // or makes a mail due. The end of a job of an unlimited class frees only its runner,
+    // which claims its next job by itself: waking every manager for it would cost each a
+    // round of lookups per job.
+    let wake = match to {
+        State::Started => false,
+        State::Created | State::Finished => true,
+        _ => ends_matter,
+    };
+    if wake {
         wake_managers_at_commit();
     }
-    true
+    Some(moved)
+}
+
+fn publish(action: &str, type_name: &str, details: pgrx::JsonB) {
+    let datum = details.into_datum().unwrap_or(pg_sys::Datum::from(0));
+    delivery::publish_system("JOB", action, type_name, datum);
 }
 
 /// Release this backend's claim of `job` (a no-op if it holds none).
@@ -172,44 +224,108 @@ pub fn release_claim(job: i64) {
     KeySpace::JobClaim.unlock_session(claim_key(job), pg_sys::ExclusiveLock);
 }
 
-/// The classes with waiting due jobs, in the order they wait.
+/// The classes with waiting jobs, with their limits; when there are several, in the order
+/// their next jobs fell due (a class with nothing due now is left out), so that classes
+/// are served in the order their jobs wait. One class, the common case, costs no probe of
+/// its head here: the claim's own probe is the only one.
 fn due_classes() -> Vec<(String, Option<i32>, Option<Interval>)> {
     catalog::as_owner(|| {
-        errors::spi(Spi::connect(|client| {
-            let mut out = Vec::new();
-            for r in client.select(include_str!("due_classes.sql"), None, &[])? {
-                out.push((
-                    r.get::<String>(1)?.unwrap_or_default(),
-                    r.get::<i32>(2)?,
-                    r.get::<Interval>(3)?,
-                ));
+        Spi::connect(|client| {
+            let rows = plans::execute(client, include_str!("due_classes.sql"), &[], &[]);
+            let classes: Vec<_> = (0..rows.len())
+                .map(|i| {
+                    (
+                        rows.get::<String>(i, 1).unwrap_or_default(),
+                        rows.get::<i32>(i, 2),
+                        rows.get::<Interval>(i, 3),
+                    )
+                })
+                .collect();
+            if classes.len() < 2 {
+                return classes;
             }
-            Ok::<_, pgrx::spi::SpiError>(out)
-        }))
+            let mut due: Vec<_> = classes
+                .into_iter()
+                .filter_map(|class| {
+                    let head = plans::execute(
+                        client,
+                        include_str!("class_head.sql"),
+                        &[pg_sys::TEXTOID],
+                        &[class.0.as_str().into_datum()],
+                    );
+                    if head.is_empty() {
+                        return None;
+                    }
+                    let at = head.get::<TimestampWithTimeZone>(0, 1)?;
+                    let id = head.get::<i64>(0, 2)?;
+                    Some(((i64::from(at), id), class))
+                })
+                .collect();
+            due.sort_by_key(|(order, _)| *order);
+            due.into_iter().map(|(_, class)| class).collect()
+        })
     })
 }
 
-/// The job of `class` to start next and its runner (see `claim_head.sql`).
-fn head_of(class: &str, max_running: Option<i32>, wait: Option<Interval>) -> Option<(i64, String)> {
+/// The job of a class to start next, with what its type says of how to run it.
+struct Head {
+    id: i64,
+    /// Empty when the job's type is gone.
+    runner: String,
+    target: String,
+    newthread: bool,
+}
+
+/// The job of `class` to start next (see `claim_head.sql`); of an unlimited class, the
+/// next that this claim may take (`claim_head_unlimited.sql`).
+fn head_of(
+    class: &str,
+    max_running: Option<i32>,
+    wait: Option<Interval>,
+    runners: Option<&[String]>,
+    inline: bool,
+) -> Option<Head> {
+    use pg_sys::{BOOLOID, INT4OID, INTERVALOID, TEXTARRAYOID, TEXTOID};
     catalog::as_owner(|| {
-        errors::spi(Spi::connect_mut(|client| {
-            let rows = client.update(
-                include_str!("claim_head.sql"),
-                Some(1),
-                &[class.into(), max_running.into(), wait.into()],
-            )?;
+        Spi::connect(|client| {
+            let rows = match max_running {
+                None => plans::execute(
+                    client,
+                    include_str!("claim_head_unlimited.sql"),
+                    &[TEXTOID, TEXTARRAYOID, BOOLOID],
+                    &[
+                        class.into_datum(),
+                        runners.map(|r| r.to_vec()).into_datum(),
+                        inline.into_datum(),
+                    ],
+                ),
+                Some(_) => plans::execute(
+                    client,
+                    include_str!("claim_head.sql"),
+                    &[TEXTOID, INT4OID, INTERVALOID],
+                    &[
+                        class.into_datum(),
+                        max_running.into_datum(),
+                        wait.into_datum(),
+                    ],
+                ),
+            };
             if rows.is_empty() {
-                return Ok::<_, pgrx::spi::SpiError>(None);
+                return None;
             }
-            let (id, runner) = rows.first().get_two::<i64, String>()?;
-            Ok(id.map(|id| (id, runner.unwrap_or_default())))
-        }))
+            Some(Head {
+                id: rows.get::<i64>(0, 1)?,
+                runner: rows.get::<String>(0, 2).unwrap_or_default(),
+                target: rows.get::<String>(0, 3).unwrap_or_default(),
+                newthread: rows.get::<bool>(0, 4).unwrap_or(false),
+            })
+        })
     })
 }
 
-/// `herald.claim_next_job(node, runners)`: start the next job that may start now, claimed
-/// by this connection, which must then run it (`herald.run_job`, or for `command` jobs
-/// `herald.finish_job` / `herald.fail_job`). No row when nothing may start.
+/// `herald.claim_next_job(node, runners, inline)`: start the next job that may start now,
+/// claimed by this connection, which must then run it (`herald.run_job`, or for `command`
+/// jobs `herald.finish_job` / `herald.fail_job`). No row when nothing may start.
 ///
 /// Classes are served in the order their jobs wait. A limited class is chosen under its
 /// class lock, taken without waiting: while another claim or a submit of the class is in
@@ -218,13 +334,16 @@ fn head_of(class: &str, max_running: Option<i32>, wait: Option<Interval>) -> Opt
 ///
 /// `runners` (NULL: any) restricts the claim to jobs of those runners, so that a
 /// coordinator can claim `command` jobs on one connection that holds many claims and `sql`
-/// jobs on the connections that run them. A class whose next job has another runner is
-/// skipped, never overtaken: its order holds whoever claims.
+/// jobs on the connections that run them; `inline => false` to jobs whose type is
+/// `newthread` (a coordinator runs one job without it at a time). A limited class whose
+/// next job does not match is skipped, never overtaken: its order holds whoever claims.
+/// An unlimited class promises no order: the claim takes its oldest job that matches.
 #[pg_extern(volatile, parallel_unsafe)]
 #[allow(clippy::type_complexity)]
 fn claim_next_job(
     node: Option<&str>,
     runners: default!(Option<Vec<Option<String>>>, "NULL"),
+    inline: default!(Option<bool>, "true"),
 ) -> TableIterator<
     'static,
     (
@@ -238,50 +357,72 @@ fn claim_next_job(
 > {
     catalog::require_primary("herald.claim_next_job()");
     let node = errors::required(node, "node");
+    let inline = errors::required(inline, "inline");
     let runners: Option<Vec<String>> = runners.map(|r| r.into_iter().flatten().collect());
+    match claim(node, runners.as_deref(), inline) {
+        Some(c) => TableIterator::once((c.id, c.r#type, c.runner, c.target, c.params, c.newthread)),
+        None => TableIterator::new(std::iter::empty()),
+    }
+}
+
+/// A job this backend has claimed: STARTED, its claim held here.
+struct Claimed {
+    id: i64,
+    r#type: String,
+    runner: String,
+    target: String,
+    params: pgrx::JsonB,
+    newthread: bool,
+}
+
+/// Claim the next job that may start now (see `herald.claim_next_job`).
+fn claim(node: &str, runners: Option<&[String]>, inline: bool) -> Option<Claimed> {
     for (class, max_running, wait) in due_classes() {
         if max_running.is_some() && !KeySpace::JobClass.try_lock_for_transaction(class_key(&class))
         {
             continue;
         }
-        // Unlimited classes race other claimers for the same head: try a few.
+        // The head of an unlimited class skips the jobs other claims are taking now; try
+        // a few in case a job was ended meanwhile.
         for _ in 0..3 {
-            let Some((id, runner)) = head_of(&class, max_running, wait) else {
+            let Some(head) = head_of(&class, max_running, wait, runners, inline) else {
                 break;
             };
             // (A job whose type is gone is claimed by anyone, so that its run fails and
             // ends it instead of blocking its class.)
-            if !runner.is_empty() && runners.as_ref().is_some_and(|r| !r.contains(&runner)) {
+            let typed = !head.runner.is_empty();
+            if typed && runners.is_some_and(|r| !r.contains(&head.runner)) {
                 break;
             }
-            if !KeySpace::JobClaim.try_lock_for_session(claim_key(id), pg_sys::ExclusiveLock) {
+            if typed && !inline && !head.newthread {
                 break;
             }
-            let started = transition(
-                id,
+            if !KeySpace::JobClaim.try_lock_for_session(claim_key(head.id), pg_sys::ExclusiveLock) {
+                break;
+            }
+            let Some(started) = transition(
+                head.id,
                 &[State::Created],
                 State::Started,
                 Change {
                     node: Some(node),
                     ..Default::default()
                 },
-            );
-            if !started {
-                release_claim(id);
+            ) else {
+                release_claim(head.id);
                 continue;
-            }
-            let job = require(id, false);
-            return TableIterator::once((
-                job.id,
-                job.r#type,
-                job.runner,
-                job.target,
-                job.params,
-                job.newthread,
-            ));
+            };
+            return Some(Claimed {
+                id: head.id,
+                r#type: started.r#type,
+                runner: head.runner,
+                target: head.target,
+                params: started.params,
+                newthread: head.newthread,
+            });
         }
     }
-    TableIterator::new(std::iter::empty())
+    None
 }
 
 /// Raise unless this backend runs `job` now.
@@ -312,7 +453,51 @@ fn require_running_here(job: &Job) {
 /// STARTERROR (and a retry, per the type's policy). Returns the job's state.
 #[pg_extern(volatile, parallel_unsafe)]
 fn run_job(job: Option<i64>) -> String {
+    run(errors::required(job, "job")).name().to_string()
+}
+
+/// `herald.run_job_and_claim(job, node, inline)`: `herald.run_job(job)`, then, in the same
+/// transaction, `herald.claim_next_job(node, '{sql}', inline)`. A `sql` runner that goes
+/// from one job to the next pays one round trip and one commit per job instead of two;
+/// the next job is STARTED when this one's work commits, as a claim of its own would
+/// make it, and runs right after. Returns the job's state and the next job, if any.
+#[pg_extern(volatile, parallel_unsafe)]
+#[allow(clippy::type_complexity)]
+fn run_job_and_claim(
+    job: Option<i64>,
+    node: Option<&str>,
+    inline: default!(Option<bool>, "true"),
+) -> TableIterator<
+    'static,
+    (
+        name!(state, String),
+        name!(next_id, Option<i64>),
+        name!(next_type, Option<String>),
+        name!(next_target, Option<String>),
+        name!(next_params, Option<pgrx::JsonB>),
+        name!(next_newthread, Option<bool>),
+    ),
+> {
     let id = errors::required(job, "job");
+    let node = errors::required(node, "node");
+    let inline = errors::required(inline, "inline");
+    let state = run(id).name().to_string();
+    let next = claim(node, Some(&["sql".to_string()]), inline);
+    TableIterator::once(match next {
+        Some(c) => (
+            state,
+            Some(c.id),
+            Some(c.r#type),
+            Some(c.target),
+            Some(c.params),
+            Some(c.newthread),
+        ),
+        None => (state, None, None, None, None, None),
+    })
+}
+
+/// Run job `id`, claimed by this backend (see `herald.run_job`); the state it is left in.
+fn run(id: i64) -> State {
     let job = require(id, false);
     require_running_here(&job);
     if job.runner != "sql" {
@@ -326,10 +511,15 @@ fn run_job(job: Option<i64>) -> String {
         );
     }
     let target = catalog::as_owner(|| {
-        errors::spi(Spi::get_one_with_args::<pg_sys::Oid>(
-            "SELECT $1::pg_catalog.regprocedure::pg_catalog.oid",
-            &[job.target.as_str().into()],
-        ))
+        Spi::connect(|client| {
+            plans::execute(
+                client,
+                "SELECT $1::pg_catalog.regprocedure::pg_catalog.oid",
+                &[pg_sys::TEXTOID],
+                &[job.target.as_str().into_datum()],
+            )
+            .get::<pg_sys::Oid>(0, 1)
+        })
     })
     .unwrap_or(pg_sys::InvalidOid);
     let mut result = None;
@@ -339,36 +529,52 @@ fn run_job(job: Option<i64>) -> String {
     match outcome {
         Ok(()) => {
             let done = if job.autofinish {
-                transition(
-                    id,
-                    &[State::Started],
-                    State::Finished,
-                    Change {
-                        result,
-                        mine: true,
-                        ..Default::default()
-                    },
-                )
+                finish(&job, result)
             } else {
-                keep_for_external_finish(id)
+                keep_for_external_finish(id).then_some(State::Started)
             };
             release_claim(id);
-            if !done {
+            let Some(state) = done else {
                 raise(
                     Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                     format!("job {id} was ended while it ran (aborted or set by an operator); its work is rolled back"),
                     None,
                 );
-            }
-            if job.autofinish {
-                "FINISHED"
-            } else {
-                "STARTED"
-            }
-            .to_string()
+            };
+            state
         }
-        Err(e) => fail(&job, &e.message, true).name().to_string(),
+        Err(e) => fail(&job, &e.message, true),
     }
+}
+
+/// The runner of a job running here is done: FINISHED with `result`. A type without
+/// completion hooks (`before_completion`, `after_completion`) has nothing left to run for
+/// its completion: its job goes on to COMPLETED in the same change (one guarded UPDATE,
+/// both events), so that it costs no second transaction and frees its class's slot at
+/// once. The state reached, None if the job no longer ran here.
+fn finish(job: &Job, result: Option<pgrx::JsonB>) -> Option<State> {
+    let to = if hookless(job) {
+        State::Completed
+    } else {
+        State::Finished
+    };
+    transition(
+        job.id,
+        &[State::Started],
+        to,
+        Change {
+            result,
+            mine: true,
+            through_finished: to == State::Completed,
+            ..Default::default()
+        },
+    )
+    .map(|_| to)
+}
+
+/// The job's type has no completion hooks.
+fn hookless(job: &Job) -> bool {
+    job.before_completion.is_none() && job.after_completion.is_none()
 }
 
 /// The runner of a job without `autofinish` has returned: the job stays STARTED, no
@@ -403,7 +609,8 @@ fn fail(job: &Job, error: &str, mine: bool) -> State {
             mine,
             ..Default::default()
         },
-    );
+    )
+    .is_some();
     if mine {
         release_claim(job.id);
     }
@@ -424,6 +631,7 @@ fn fail(job: &Job, error: &str, mine: bool) -> State {
                 ..Default::default()
             },
         )
+        .is_some()
     {
         return State::Created;
     }
@@ -472,16 +680,7 @@ fn finish_job(job: Option<i64>, result: default!(Option<pgrx::JsonB>, "NULL")) -
     let id = errors::required(job, "job");
     let job = require(id, false);
     require_running_here(&job);
-    let done = transition(
-        id,
-        &[State::Started],
-        State::Finished,
-        Change {
-            result,
-            mine: true,
-            ..Default::default()
-        },
-    );
+    let done = finish(&job, result).is_some();
     release_claim(id);
     done
 }
@@ -620,7 +819,8 @@ fn mark_job_finished(job: Option<i64>, result: default!(Option<pgrx::JsonB>, "NU
             result,
             ..Default::default()
         },
-    );
+    )
+    .is_some();
     if !ok {
         not_in_state(&job, "finish", &[State::Started]);
     }
@@ -649,7 +849,7 @@ fn abort_job(job: Option<i64>, reason: default!(Option<&str>, "NULL")) {
         Some(r) => format!("{error}: {r}"),
         None => error,
     };
-    if !transition(
+    if transition(
         id,
         ABORTABLE,
         State::Aborted,
@@ -657,7 +857,9 @@ fn abort_job(job: Option<i64>, reason: default!(Option<&str>, "NULL")) {
             error: Some(&error),
             ..Default::default()
         },
-    ) {
+    )
+    .is_none()
+    {
         not_in_state(&job, "abort", ABORTABLE);
     }
     if let (State::Started, Some(pid)) = (job.state, job.claim_pid) {
@@ -681,7 +883,7 @@ fn retry_job(job: Option<i64>) {
     let id = errors::required(job, "job");
     let job = require(id, true);
     require_may_manage(&job, "retry");
-    if !transition(id, RETRYABLE, State::Created, Change::default()) {
+    if transition(id, RETRYABLE, State::Created, Change::default()).is_none() {
         not_in_state(&job, "retry", RETRYABLE);
     }
     audit(id, "retry", job.state, State::Created, None);

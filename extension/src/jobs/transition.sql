@@ -1,7 +1,10 @@
 -- One guarded state change of a job: $1 job, $2 new state, $3 the states it may leave,
 -- $4 node (for STARTED), $5 result (FINISHED), $6 error, $7 delay before a retry (CREATED),
--- $8 true: only if this backend holds the job's run (claim_pid). Returns the job as the
--- JOB event's details, and its type.
+-- $8 true: only if this backend holds the job's run (claim_pid), $9 true: STARTED to
+-- COMPLETED through FINISHED in this one change (a type without completion hooks; the
+-- FINISHED columns are set as well). Returns the job as the
+-- JOB event's details, its type and params, and whether its end may let another job start
+-- or has a mail to send (its class is limited, it has a notify_email).
 UPDATE herald.job j SET
        state = $2,
        node = CASE WHEN $2 OPERATOR(pg_catalog.=) 'STARTED' THEN $4
@@ -10,12 +13,12 @@ UPDATE herald.job j SET
                        THEN j.attempts OPERATOR(pg_catalog.+) 1 ELSE j.attempts END,
        started_at = CASE WHEN $2 OPERATOR(pg_catalog.=) 'STARTED' THEN pg_catalog.clock_timestamp()
                          WHEN $2 OPERATOR(pg_catalog.=) 'CREATED' THEN NULL ELSE j.started_at END,
-       finished_at = CASE WHEN $2 OPERATOR(pg_catalog.=) 'FINISHED' THEN pg_catalog.clock_timestamp()
+       finished_at = CASE WHEN $2 OPERATOR(pg_catalog.=) 'FINISHED' OR $9 THEN pg_catalog.clock_timestamp()
                           WHEN $2 OPERATOR(pg_catalog.=) ANY ('{CREATED,STARTED}'::pg_catalog.text[]) THEN NULL ELSE j.finished_at END,
        ended_at = CASE WHEN $2 OPERATOR(pg_catalog.=) ANY ('{COMPLETED,STARTERROR,FINISHERROR,ABORTED}'::pg_catalog.text[])
                        THEN pg_catalog.clock_timestamp() END,
        claim_pid = CASE WHEN $2 OPERATOR(pg_catalog.=) 'STARTED' THEN pg_catalog.pg_backend_pid() END,
-       result = CASE WHEN $2 OPERATOR(pg_catalog.=) 'FINISHED' THEN $5
+       result = CASE WHEN $2 OPERATOR(pg_catalog.=) 'FINISHED' OR $9 THEN $5
                      WHEN $2 OPERATOR(pg_catalog.=) ANY ('{CREATED,STARTED}'::pg_catalog.text[]) THEN NULL ELSE j.result END,
        error = CASE WHEN $6 IS NOT NULL THEN $6
                     WHEN $2 OPERATOR(pg_catalog.=) ANY ('{STARTED,FINISHED,COMPLETED}'::pg_catalog.text[]) THEN NULL ELSE j.error END,
@@ -47,4 +50,8 @@ RETURNING pg_catalog.jsonb_build_object(
                   COALESCE(j.ended_at, j.finished_at, pg_catalog.clock_timestamp())
                   OPERATOR(pg_catalog.-) j.started_at) OPERATOR(pg_catalog.*) 1000),
               'error', j.error, 'result', j.result),
-          j.type
+          j.type,
+          j.params,
+          j.notify_email IS NOT NULL
+          OR EXISTS (SELECT 1 FROM herald.job_class c
+                      WHERE c.name OPERATOR(pg_catalog.=) j.class AND c.max_running IS NOT NULL)

@@ -337,7 +337,10 @@ mod tests {
     fn a_limited_class_starts_one_at_a_time_in_submission_order() {
         fixture();
         run("UPDATE herald.job_class SET max_running = 1 WHERE name = 'posting'");
-        run("SELECT herald.create_job_type('post', 'app.work', class => 'posting')");
+        run(
+            "SELECT herald.create_job_type('post', 'app.work', class => 'posting',
+                                           before_completion => 'app.before_completion')",
+        );
         run("SELECT herald.create_job_type('report', 'app.work')");
         let p1 = submit("post");
         let p2 = submit("post");
@@ -396,6 +399,31 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_claim_without_inline_takes_only_newthread_jobs() {
+        fixture();
+        run("UPDATE herald.job_class SET max_running = 5 WHERE name = 'posting'");
+        run("SELECT herald.create_job_type('plain', 'app.work')");
+        run("SELECT herald.create_job_type('threaded', 'app.work', newthread => true)");
+        run("SELECT herald.create_job_type('plain_post', 'app.work', class => 'posting')");
+        run("SELECT herald.create_job_type('threaded_post', 'app.work', class => 'posting', newthread => true)");
+        let plain = submit("plain");
+        let threaded = submit("threaded");
+        let plain_post = submit("plain_post");
+        let threaded_post = submit("threaded_post");
+        let not_inline = "SELECT (SELECT id FROM herald.claim_next_job('n1', NULL, false))";
+        // An unlimited class passes over the job this claim may not take; a limited one
+        // keeps its order: its next job waits for a claim that may take it.
+        assert_eq!(one::<i64>(not_inline), Some(threaded));
+        assert_eq!(one::<i64>(not_inline), None);
+        assert_eq!(state(plain), "CREATED");
+        assert_eq!(state(threaded_post), "CREATED");
+        let any = "SELECT (SELECT id FROM herald.claim_next_job('n1'))";
+        assert_eq!(one::<i64>(any), Some(plain));
+        assert_eq!(one::<i64>(any), Some(plain_post));
+        assert_eq!(one::<i64>(not_inline), Some(threaded_post));
+    }
+
+    #[pg_test]
     fn an_outcome_mail_is_due_once_per_outcome_and_retried_until_sent() {
         fixture();
         run("SELECT herald.create_job_type('post', 'app.work')");
@@ -412,9 +440,11 @@ mod tests {
         };
         assert_eq!(one::<i64>(mail), None, "no mail before an outcome");
         assert_eq!(claim(), Some(job));
-        run(&format!("SELECT herald.run_job({job})"));
-        assert_eq!(one::<i64>(mail), None, "FINISHED is not an outcome yet");
-        run("SELECT herald.complete_next_job('n1')");
+        // A type without completion hooks completes with its run.
+        assert_eq!(
+            one::<String>(&format!("SELECT herald.run_job({job})")).as_deref(),
+            Some("COMPLETED")
+        );
         assert_eq!(mail_state(job).as_deref(), Some("due"));
         let details =
             one::<pgrx::JsonB>("SELECT details FROM herald.claim_job_mail('n1')").unwrap();

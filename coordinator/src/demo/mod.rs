@@ -1,13 +1,15 @@
 //! `herald demo`: the embedded default. A private PostgreSQL cluster, the extension, three
 //! coordinators, and an ERP-like stream of invoice and payment events from four producers;
 //! one coordinator is stopped half-way. Then it reports what was handled, where, in what
-//! order.
+//! order. Then ten users submit postings and reports at once ([`jobs`]).
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::cluster::{ClusterOptions, PgCluster};
 use crate::config::DemoArgs;
 use crate::db;
+
+mod jobs;
 
 const SETUP: &str = r#"
 CREATE EXTENSION IF NOT EXISTS herald;
@@ -144,6 +146,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     let elapsed = started.elapsed();
     print_drainers(&admin, "  after the stop, queues are drained by:").await?;
     report(&admin, per_producer * producers, elapsed).await?;
+    jobs::run(&admin, &config).await?;
 
     for node in &mut nodes {
         unsafe { libc::kill(node.child.id() as i32, libc::SIGTERM) };
@@ -286,7 +289,11 @@ async fn print_drainers(admin: &tokio_postgres::Client, title: &str) -> Result<(
     Ok(())
 }
 
-async fn wait_until(admin: &tokio_postgres::Client, sql: &str, seconds: u64) -> Result<(), String> {
+pub(super) async fn wait_until(
+    admin: &tokio_postgres::Client,
+    sql: &str,
+    seconds: u64,
+) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     loop {
         let ok: bool = admin

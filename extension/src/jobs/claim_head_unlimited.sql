@@ -1,0 +1,17 @@
+-- The job of unlimited class $1 to start next: the waiting job due longest that no other
+-- claim is taking now (their row locks are skipped, so concurrent claimers take the next
+-- ones instead of colliding on the head) and that this claim may take: of one of the
+-- runners $2 (NULL: any), and newthread unless $3 (inline). An unlimited class promises no
+-- order, so a job that does not match is passed over, not waited for. A job whose type is
+-- gone matches any claim (its run fails and ends it). With its type's runner, target and
+-- newthread (NULL when the type is gone).
+SELECT j.id, t.runner, t.target, t.newthread
+  FROM herald.job j
+  LEFT JOIN herald.job_type t ON t.name OPERATOR(pg_catalog.=) j.type
+ WHERE j.state OPERATOR(pg_catalog.=) 'CREATED' AND j.class OPERATOR(pg_catalog.=) $1
+   AND j.run_after OPERATOR(pg_catalog.<=) pg_catalog.now()
+   AND (t.name IS NULL
+        OR (($2 IS NULL OR t.runner OPERATOR(pg_catalog.=) ANY ($2)) AND ($3 OR t.newthread)))
+ ORDER BY j.run_after, j.id
+ LIMIT 1
+   FOR UPDATE OF j SKIP LOCKED
