@@ -107,6 +107,7 @@ pub extern "C-unwind" fn _PG_init() {
     listeners::cache::init();
     delivery::init();
     events::init();
+    jobs::callee::init();
 }
 
 /// Required by `cargo pgrx test`.

@@ -178,10 +178,10 @@ CREATE TABLE herald.job (
     mail_next_at    timestamptz,
     mail_error      text
 );
-CREATE INDEX job_waiting_idx ON herald.job (class, concurrency_key, id)
-    WHERE state OPERATOR(pg_catalog.=) 'CREATED';
--- The next due job of a class, in the order jobs fall due: (class, run_after, id), an
--- order the primary key cannot give, so that claims never walk past ended jobs.
+-- Waiting jobs: the only index a submit adds to besides the key. By class, in the order
+-- jobs fall due (run_after, id), an order the primary key cannot give, so that claims
+-- never walk past ended jobs; a limited class's claim reads its waiting jobs from here
+-- (their oldest per concurrency key).
 CREATE INDEX job_waiting_head_idx ON herald.job (class, run_after, id)
     WHERE state OPERATOR(pg_catalog.=) 'CREATED';
 CREATE INDEX job_active_idx ON herald.job (class, concurrency_key)

@@ -42,6 +42,13 @@ pub fn publish_system(r#type: &str, action: &str, source: &str, details: pg_sys:
     publish_to(&listeners, r#type, action, source, details)
 }
 
+/// Does any system listener take events of `type` now? (Callers skip building an event
+/// nobody receives.)
+pub fn has_system_listeners(r#type: &str) -> bool {
+    cache::refresh();
+    !cache::current().matching_system(r#type).is_empty()
+}
+
 fn publish_to(
     listeners: &[std::rc::Rc<Listener>],
     r#type: &str,

@@ -5,8 +5,12 @@
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode as Code;
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use crate::core::catalog;
 use crate::core::errors::{self, raise};
+use crate::core::invalidation::{self, Scope};
 use crate::core::plans;
 
 /// The arguments a function must take.
@@ -162,6 +166,7 @@ fn pg_args(shape: Shape) -> &'static str {
 
 /// How to call a function: its qualified name, whether it is a procedure, and whether it
 /// returns nothing.
+#[derive(Clone)]
 struct Call {
     name: String,
     procedure: bool,
@@ -207,14 +212,68 @@ fn describe(oid: pg_sys::Oid) -> Call {
     }
 }
 
-/// Call a job's target with its params as `owner`; returns what it returned, as jsonb
-/// (NULL for a procedure or a void function). Errors propagate.
-pub fn call_target(
-    target: pg_sys::Oid,
-    owner: pg_sys::Oid,
-    params: pgrx::JsonB,
-) -> Option<pgrx::JsonB> {
-    let call = describe(target);
+thread_local! {
+    /// Job targets this backend has resolved: the target as a job type names it
+    /// (`schema.fn(jsonb)`) and how to call it. Forgotten whenever a function changes
+    /// (created, dropped, replaced, granted) or Herald's storage does, so that a target is
+    /// resolved again by its name, as a job type's target always is.
+    static TARGETS: RefCell<HashMap<String, Call>> = RefCell::new(HashMap::new());
+}
+
+/// Hook the target cache into invalidations (from `_PG_init`).
+pub fn init() {
+    invalidation::register(|scope| {
+        if matches!(scope, Scope::All | Scope::Privileges) {
+            // (try_borrow_mut: should an invalidation arrive while a lookup fills the
+            // cache, the entry is kept until the next one; it was resolved after the
+            // change.)
+            TARGETS.with(|t| {
+                if let Ok(mut t) = t.try_borrow_mut() {
+                    t.clear();
+                }
+            });
+        }
+    });
+}
+
+/// How to call the job target named `target` (`schema.fn(jsonb)`); raises if it no
+/// longer exists.
+fn resolve_target(target: &str) -> Call {
+    if let Some(call) = TARGETS.with(|t| t.borrow().get(target).cloned()) {
+        return call;
+    }
+    let oid = catalog::as_owner(|| {
+        Spi::connect(|client| {
+            plans::execute(
+                client,
+                "SELECT pg_catalog.to_regprocedure($1)::pg_catalog.oid",
+                &[pg_sys::TEXTOID],
+                &[target.into_datum()],
+            )
+            .get::<pg_sys::Oid>(0, 1)
+        })
+    });
+    let Some(oid) = oid else {
+        raise(
+            Code::ERRCODE_UNDEFINED_FUNCTION,
+            format!("target function {} no longer exists", errors::shown(target)),
+            Some("Recreate the function, or the job type with herald.create_job_type().".into()),
+        );
+    };
+    let call = describe(oid);
+    TARGETS.with(|t| {
+        if let Ok(mut t) = t.try_borrow_mut() {
+            t.insert(target.to_string(), call.clone());
+        }
+    });
+    call
+}
+
+/// Call a job's target (as its type names it) with its params as `owner`; returns what it
+/// returned, as jsonb (NULL for a procedure or a void function). Errors propagate.
+pub fn call_target(target: &str, owner: pg_sys::Oid, params: pgrx::JsonB) -> Option<pgrx::JsonB> {
+    let call = resolve_target(target);
+
     catalog::as_restricted(owner, || {
         if call.procedure {
             errors_pass(Spi::run_with_args(

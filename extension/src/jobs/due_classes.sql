@@ -1,7 +1,8 @@
--- Classes with waiting jobs, with their limits (a job whose class was deleted counts as
--- unlimited), found by a skip scan of job_waiting_head_idx: one index probe per class,
--- not a pass over every waiting job, so that a claim costs the same with ten waiting jobs
--- or a million. (Whether a class has a job due now is the claim's own probe.)
+-- Classes with waiting jobs, with their limits from job_class_setting (a built-in class
+-- without a row there, like a class that was deleted, is unlimited), found by a skip scan
+-- of job_waiting_head_idx: one index probe per class, not a pass over every waiting job,
+-- so that a claim costs the same with ten waiting jobs or a million. (Whether a class has
+-- a job due now is the claim's own probe.)
 WITH RECURSIVE c (class) AS (
     (SELECT j.class FROM herald.job j
       WHERE j.state OPERATOR(pg_catalog.=) 'CREATED'
@@ -13,8 +14,7 @@ WITH RECURSIVE c (class) AS (
              ORDER BY j.class LIMIT 1)
       FROM c WHERE c.class IS NOT NULL
 )
-SELECT c.class,
-       (SELECT k.max_running FROM herald.job_class k WHERE k.name OPERATOR(pg_catalog.=) c.class),
-       (SELECT k.wait_timeout FROM herald.job_class k WHERE k.name OPERATOR(pg_catalog.=) c.class)
+SELECT c.class, k.max_running, k.wait_timeout
   FROM c
+  LEFT JOIN herald.job_class_setting k ON k.name OPERATOR(pg_catalog.=) c.class
  WHERE c.class IS NOT NULL

@@ -139,6 +139,7 @@ pub struct Moved {
 pub fn transition(job: i64, from: &[State], to: State, change: Change<'_>) -> Option<Moved> {
     use pg_sys::{BOOLOID, INT8OID, INTERVALOID, JSONBOID, TEXTARRAYOID, TEXTOID};
     let from: Vec<&str> = from.iter().map(|s| s.name()).collect();
+    let listened = delivery::has_system_listeners("JOB");
     let moved = catalog::as_owner(|| {
         Spi::connect_mut(|client| {
             let rows = plans::execute(
@@ -154,6 +155,7 @@ pub fn transition(job: i64, from: &[State], to: State, change: Change<'_>) -> Op
                     INTERVALOID,
                     BOOLOID,
                     BOOLOID,
+                    BOOLOID,
                 ],
                 &[
                     job.into_datum(),
@@ -165,6 +167,7 @@ pub fn transition(job: i64, from: &[State], to: State, change: Change<'_>) -> Op
                     change.delay.into_datum(),
                     change.mine.into_datum(),
                     change.through_finished.into_datum(),
+                    listened.into_datum(),
                 ],
             );
             if rows.is_empty() {
@@ -188,16 +191,19 @@ pub fn transition(job: i64, from: &[State], to: State, change: Change<'_>) -> Op
         State::Created => "RETRY",
         _ => "2",
     };
-    let details = details.unwrap_or(pgrx::JsonB(serde_json::json!({})));
-    if change.through_finished {
-        // The FINISHED step's event, as its own change would have told it.
-        let mut finished = details.0.clone();
-        if let Some(map) = finished.as_object_mut() {
-            map.insert("state".into(), serde_json::json!(State::Finished.name()));
+    // (Nobody listens: no event, and none of the work of making one.)
+    if listened {
+        let details = details.unwrap_or(pgrx::JsonB(serde_json::json!({})));
+        if change.through_finished {
+            // The FINISHED step's event, as its own change would have told it.
+            let mut finished = details.0.clone();
+            if let Some(map) = finished.as_object_mut() {
+                map.insert("state".into(), serde_json::json!(State::Finished.name()));
+            }
+            publish("2", &moved.r#type, pgrx::JsonB(finished));
         }
-        publish("2", &moved.r#type, pgrx::JsonB(finished));
+        publish(action, &moved.r#type, details);
     }
-    publish(action, &moved.r#type, details);
     // The managers look at once when this commit may let a job start: a retry is
     // startable, a finished job wants completing, an end frees a slot of a limited class
     // or makes a mail due. The end of a job of an unlimited class frees only its runner,
@@ -224,15 +230,12 @@ pub fn release_claim(job: i64) {
     KeySpace::JobClaim.unlock_session(claim_key(job), pg_sys::ExclusiveLock);
 }
 
-/// The classes with waiting jobs, with their limits; when there are several, in the order
-/// their next jobs fell due (a class with nothing due now is left out), so that classes
-/// are served in the order their jobs wait. One class, the common case, costs no probe of
-/// its head here: the claim's own probe is the only one.
+/// The classes with waiting jobs (`due_classes.sql`).
 fn due_classes() -> Vec<(String, Option<i32>, Option<Interval>)> {
     catalog::as_owner(|| {
         Spi::connect(|client| {
             let rows = plans::execute(client, include_str!("due_classes.sql"), &[], &[]);
-            let classes: Vec<_> = (0..rows.len())
+            (0..rows.len())
                 .map(|i| {
                     (
                         rows.get::<String>(i, 1).unwrap_or_default(),
@@ -240,29 +243,7 @@ fn due_classes() -> Vec<(String, Option<i32>, Option<Interval>)> {
                         rows.get::<Interval>(i, 3),
                     )
                 })
-                .collect();
-            if classes.len() < 2 {
-                return classes;
-            }
-            let mut due: Vec<_> = classes
-                .into_iter()
-                .filter_map(|class| {
-                    let head = plans::execute(
-                        client,
-                        include_str!("class_head.sql"),
-                        &[pg_sys::TEXTOID],
-                        &[class.0.as_str().into_datum()],
-                    );
-                    if head.is_empty() {
-                        return None;
-                    }
-                    let at = head.get::<TimestampWithTimeZone>(0, 1)?;
-                    let id = head.get::<i64>(0, 2)?;
-                    Some(((i64::from(at), id), class))
-                })
-                .collect();
-            due.sort_by_key(|(order, _)| *order);
-            due.into_iter().map(|(_, class)| class).collect()
+                .collect()
         })
     })
 }
@@ -327,10 +308,11 @@ fn head_of(
 /// claimed by this connection, which must then run it (`herald.run_job`, or for `command`
 /// jobs `herald.finish_job` / `herald.fail_job`). No row when nothing may start.
 ///
-/// Classes are served in the order their jobs wait. A limited class is chosen under its
-/// class lock, taken without waiting: while another claim or a submit of the class is in
-/// flight the class is skipped (that commit wakes the managers again), so that the
-/// class's limit holds across the cluster and its jobs start in submission order.
+/// Limited classes are served first (their jobs wait for a slot, and start as soon as one
+/// frees), then the unlimited ones in turn. A limited class is chosen under its class
+/// lock, taken without waiting: while another claim or a submit of the class is in flight
+/// the class is skipped (that commit wakes the managers again), so that the class's limit
+/// holds across the cluster and its jobs start in submission order.
 ///
 /// `runners` (NULL: any) restricts the claim to jobs of those runners, so that a
 /// coordinator can claim `command` jobs on one connection that holds many claims and `sql`
@@ -377,50 +359,114 @@ struct Claimed {
 
 /// Claim the next job that may start now (see `herald.claim_next_job`).
 fn claim(node: &str, runners: Option<&[String]>, inline: bool) -> Option<Claimed> {
-    for (class, max_running, wait) in due_classes() {
-        if max_running.is_some() && !KeySpace::JobClass.try_lock_for_transaction(class_key(&class))
-        {
+    let classes = known_classes();
+    let (limited, unlimited): (Vec<_>, Vec<_>) = classes
+        .iter()
+        .partition(|(_, max_running, _)| max_running.is_some());
+    // Unlimited classes take turns: each claim of this backend starts at the next one.
+    let start = ROTATION.with(|r| {
+        let n = r.get();
+        r.set(n.wrapping_add(1));
+        n
+    });
+    let turn = unlimited
+        .iter()
+        .cycle()
+        .skip(start % unlimited.len().max(1))
+        .take(unlimited.len());
+    for (class, max_running, wait) in limited.iter().copied().chain(turn.copied()) {
+        if let Some(claimed) = claim_of(node, class, *max_running, *wait, runners, inline) {
+            return Some(claimed);
+        }
+    }
+    // Jobs of a class that is no longer defined (its row deleted by hand) count as
+    // unlimited, and start when no job of a defined class can.
+    for (class, _, _) in due_classes() {
+        if classes.iter().all(|(known, _, _)| *known != class) {
+            if let Some(claimed) = claim_of(node, &class, None, None, runners, inline) {
+                return Some(claimed);
+            }
+        }
+    }
+    None
+}
+
+thread_local! {
+    /// Where this backend's next claim starts among the unlimited classes.
+    static ROTATION: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The job classes with their limits (`herald.job_class`).
+fn known_classes() -> Vec<(String, Option<i32>, Option<Interval>)> {
+    catalog::as_owner(|| {
+        Spi::connect(|client| {
+            let rows = plans::execute(
+                client,
+                "SELECT name, max_running, wait_timeout FROM herald.job_class",
+                &[],
+                &[],
+            );
+            (0..rows.len())
+                .map(|i| {
+                    (
+                        rows.get::<String>(i, 1).unwrap_or_default(),
+                        rows.get::<i32>(i, 2),
+                        rows.get::<Interval>(i, 3),
+                    )
+                })
+                .collect()
+        })
+    })
+}
+
+/// Claim the next job of `class` that may start now and that this claim may take.
+fn claim_of(
+    node: &str,
+    class: &str,
+    max_running: Option<i32>,
+    wait: Option<Interval>,
+    runners: Option<&[String]>,
+    inline: bool,
+) -> Option<Claimed> {
+    if max_running.is_some() && !KeySpace::JobClass.try_lock_for_transaction(class_key(class)) {
+        return None;
+    }
+    // The head of an unlimited class skips the jobs other claims are taking now; try a
+    // few in case a job was ended meanwhile.
+    for _ in 0..3 {
+        let head = head_of(class, max_running, wait, runners, inline)?;
+        // (A job whose type is gone is claimed by anyone, so that its run fails and ends
+        // it instead of blocking its class.)
+        let typed = !head.runner.is_empty();
+        if typed && runners.is_some_and(|r| !r.contains(&head.runner)) {
+            return None;
+        }
+        if typed && !inline && !head.newthread {
+            return None;
+        }
+        if !KeySpace::JobClaim.try_lock_for_session(claim_key(head.id), pg_sys::ExclusiveLock) {
+            return None;
+        }
+        let Some(started) = transition(
+            head.id,
+            &[State::Created],
+            State::Started,
+            Change {
+                node: Some(node),
+                ..Default::default()
+            },
+        ) else {
+            release_claim(head.id);
             continue;
-        }
-        // The head of an unlimited class skips the jobs other claims are taking now; try
-        // a few in case a job was ended meanwhile.
-        for _ in 0..3 {
-            let Some(head) = head_of(&class, max_running, wait, runners, inline) else {
-                break;
-            };
-            // (A job whose type is gone is claimed by anyone, so that its run fails and
-            // ends it instead of blocking its class.)
-            let typed = !head.runner.is_empty();
-            if typed && runners.is_some_and(|r| !r.contains(&head.runner)) {
-                break;
-            }
-            if typed && !inline && !head.newthread {
-                break;
-            }
-            if !KeySpace::JobClaim.try_lock_for_session(claim_key(head.id), pg_sys::ExclusiveLock) {
-                break;
-            }
-            let Some(started) = transition(
-                head.id,
-                &[State::Created],
-                State::Started,
-                Change {
-                    node: Some(node),
-                    ..Default::default()
-                },
-            ) else {
-                release_claim(head.id);
-                continue;
-            };
-            return Some(Claimed {
-                id: head.id,
-                r#type: started.r#type,
-                runner: head.runner,
-                target: head.target,
-                params: started.params,
-                newthread: head.newthread,
-            });
-        }
+        };
+        return Some(Claimed {
+            id: head.id,
+            r#type: started.r#type,
+            runner: head.runner,
+            target: head.target,
+            params: started.params,
+            newthread: head.newthread,
+        });
     }
     None
 }
@@ -510,21 +556,9 @@ fn run(id: i64) -> State {
             Some("Report its end with herald.finish_job() or herald.fail_job().".into()),
         );
     }
-    let target = catalog::as_owner(|| {
-        Spi::connect(|client| {
-            plans::execute(
-                client,
-                "SELECT $1::pg_catalog.regprocedure::pg_catalog.oid",
-                &[pg_sys::TEXTOID],
-                &[job.target.as_str().into_datum()],
-            )
-            .get::<pg_sys::Oid>(0, 1)
-        })
-    })
-    .unwrap_or(pg_sys::InvalidOid);
     let mut result = None;
     let outcome = subxact::run(|| {
-        result = callee::call_target(target, job.owner, pgrx::JsonB(job.params.0.clone()));
+        result = callee::call_target(&job.target, job.owner, pgrx::JsonB(job.params.0.clone()));
     });
     match outcome {
         Ok(()) => {

@@ -9,6 +9,7 @@ use super::{callee, class_key, wake_managers_at_commit};
 use crate::core::advisory::KeySpace;
 use crate::core::catalog;
 use crate::core::errors::{self, raise};
+use crate::core::plans;
 use crate::listeners::event_types::is_admin;
 
 /// What submitting needs of a job type.
@@ -73,33 +74,35 @@ fn submit_job(
     let me = catalog::current_user();
     let admin = is_admin();
     let facts = catalog::as_owner(|| {
-        errors::spi(Spi::connect(|client| {
-            let rows = client.select(
+        Spi::connect(|client| {
+            let rows = plans::execute(
+                client,
                 "SELECT t.class, t.owner::pg_catalog.oid, t.after_creation::pg_catalog.oid,
                         t.startnow,
                         pg_catalog.pg_has_role($2, t.owner::pg_catalog.oid, 'USAGE')
                           OR EXISTS (SELECT 1 FROM pg_catalog.unnest(t.submit_roles) r
                                       WHERE pg_catalog.pg_has_role($2, r::pg_catalog.oid, 'USAGE')),
-                        c.max_running IS NOT NULL
+                        -- (a built-in class without a setting row is unlimited)
+                        EXISTS (SELECT 1 FROM herald.job_class_setting c
+                                 WHERE c.name OPERATOR(pg_catalog.=) t.class
+                                   AND c.max_running IS NOT NULL)
                    FROM herald.job_type t
-                   LEFT JOIN herald.job_class c ON c.name OPERATOR(pg_catalog.=) t.class
                   WHERE t.name OPERATOR(pg_catalog.=) $1",
-                Some(1),
-                &[type_name.into(), me.into()],
-            )?;
+                &[pg_sys::TEXTOID, pg_sys::OIDOID],
+                &[type_name.into_datum(), me.into_datum()],
+            );
             if rows.is_empty() {
-                return Ok::<_, pgrx::spi::SpiError>(None);
+                return None;
             }
-            let row = rows.first();
-            Ok(Some(TypeFacts {
-                class: row.get::<String>(1)?.unwrap_or_default(),
-                owner: row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
-                after_creation: row.get::<pg_sys::Oid>(3)?,
-                startnow: row.get::<bool>(4)?.unwrap_or(false),
-                may_submit: row.get::<bool>(5)?.unwrap_or(false),
-                limited: row.get::<bool>(6)?.unwrap_or(false),
-            }))
-        }))
+            Some(TypeFacts {
+                class: rows.get::<String>(0, 1).unwrap_or_default(),
+                owner: rows.get::<pg_sys::Oid>(0, 2).unwrap_or(pg_sys::InvalidOid),
+                after_creation: rows.get::<pg_sys::Oid>(0, 3),
+                startnow: rows.get::<bool>(0, 4).unwrap_or(false),
+                may_submit: rows.get::<bool>(0, 5).unwrap_or(false),
+                limited: rows.get::<bool>(0, 6).unwrap_or(false),
+            })
+        })
     });
     let Some(facts) = facts else {
         raise(
@@ -129,28 +132,36 @@ fn submit_job(
         KeySpace::JobClass.lock_for_transaction(class_key(&facts.class), pg_sys::ShareLock);
     }
     let id = catalog::as_owner(|| {
-        errors::spi(Spi::connect_mut(|client| {
-            client
-                .update(
-                    "INSERT INTO herald.job (type, class, params, concurrency_key, notify_email,
-                                             submitted_by, run_after)
-                     VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.oid::pg_catalog.regrole,
-                             COALESCE($7, pg_catalog.now()))
-                     RETURNING id",
-                    None,
-                    &[
-                        type_name.into(),
-                        facts.class.as_str().into(),
-                        pgrx::JsonB(params.0.clone()).into(),
-                        concurrency_key.into(),
-                        notify_email.into(),
-                        me.into(),
-                        run_after.into(),
-                    ],
-                )?
-                .first()
-                .get::<i64>(1)
-        }))
+        use pg_sys::{JSONBOID, OIDOID, TEXTOID, TIMESTAMPTZOID};
+        Spi::connect(|client| {
+            plans::execute(
+                client,
+                "INSERT INTO herald.job (type, class, params, concurrency_key, notify_email,
+                                         submitted_by, run_after)
+                 VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.regrole,
+                         COALESCE($7, pg_catalog.now()))
+                 RETURNING id",
+                &[
+                    TEXTOID,
+                    TEXTOID,
+                    JSONBOID,
+                    TEXTOID,
+                    TEXTOID,
+                    OIDOID,
+                    TIMESTAMPTZOID,
+                ],
+                &[
+                    type_name.into_datum(),
+                    facts.class.as_str().into_datum(),
+                    pgrx::JsonB(params.0.clone()).into_datum(),
+                    concurrency_key.into_datum(),
+                    notify_email.into_datum(),
+                    me.into_datum(),
+                    run_after.into_datum(),
+                ],
+            )
+            .get::<i64>(0, 1)
+        })
     })
     .unwrap_or_default();
     if let Some(hook) = facts.after_creation {

@@ -2,9 +2,11 @@
 -- $4 node (for STARTED), $5 result (FINISHED), $6 error, $7 delay before a retry (CREATED),
 -- $8 true: only if this backend holds the job's run (claim_pid), $9 true: STARTED to
 -- COMPLETED through FINISHED in this one change (a type without completion hooks; the
--- FINISHED columns are set as well). Returns the job as the
--- JOB event's details, its type and params, and whether its end may let another job start
--- or has a mail to send (its class is limited, it has a notify_email).
+-- FINISHED columns are set as well), $10 true: someone listens to JOB events.
+-- Returns the job as the JOB event's details (NULL without $10), its type and params, and
+-- whether its end may let another job start or has a mail to send (its class is limited,
+-- it has a notify_email; a built-in class without a row in job_class_setting is
+-- unlimited).
 UPDATE herald.job j SET
        state = $2,
        node = CASE WHEN $2 OPERATOR(pg_catalog.=) 'STARTED' THEN $4
@@ -41,7 +43,7 @@ UPDATE herald.job j SET
  WHERE j.id OPERATOR(pg_catalog.=) $1
    AND j.state OPERATOR(pg_catalog.=) ANY ($3)
    AND (NOT $8 OR j.claim_pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid())
-RETURNING pg_catalog.jsonb_build_object(
+RETURNING CASE WHEN $10 THEN pg_catalog.jsonb_build_object(
               'job', j.id, 'type', j.type, 'class', j.class, 'state', j.state,
               'node', j.node, 'attempt', j.attempts, 'concurrency_key', j.concurrency_key,
               'submitted_by', j.submitted_by::text, 'started_at', j.started_at,
@@ -49,9 +51,9 @@ RETURNING pg_catalog.jsonb_build_object(
               'duration_ms', pg_catalog.round(pg_catalog.date_part('epoch',
                   COALESCE(j.ended_at, j.finished_at, pg_catalog.clock_timestamp())
                   OPERATOR(pg_catalog.-) j.started_at) OPERATOR(pg_catalog.*) 1000),
-              'error', j.error, 'result', j.result),
+              'error', j.error, 'result', j.result) END,
           j.type,
           j.params,
           j.notify_email IS NOT NULL
-          OR EXISTS (SELECT 1 FROM herald.job_class c
+          OR EXISTS (SELECT 1 FROM herald.job_class_setting c
                       WHERE c.name OPERATOR(pg_catalog.=) j.class AND c.max_running IS NOT NULL)

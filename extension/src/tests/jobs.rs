@@ -417,10 +417,11 @@ mod tests {
         assert_eq!(one::<i64>(not_inline), None);
         assert_eq!(state(plain), "CREATED");
         assert_eq!(state(threaded_post), "CREATED");
+        // Limited classes are served first.
         let any = "SELECT (SELECT id FROM herald.claim_next_job('n1'))";
-        assert_eq!(one::<i64>(any), Some(plain));
         assert_eq!(one::<i64>(any), Some(plain_post));
         assert_eq!(one::<i64>(not_inline), Some(threaded_post));
+        assert_eq!(one::<i64>(any), Some(plain));
     }
 
     #[pg_test]
