@@ -2,7 +2,8 @@
 //! and start in submission order; without serialization they overlap; a concurrency key
 //! serializes per key only; the wait timeout lets the next job start and alerts once; a
 //! coordinator killed mid-job has its job found by its lost claim and retried, never run
-//! twice at once; a coordinator that is only paused keeps its job.
+//! twice at once; a coordinator that is only paused keeps its job; command jobs run without
+//! a shell; hooks roll a submit back, fail a completion and compensate an abort.
 //!
 //! Postings check for overlap from the inside: each takes a transaction-level advisory
 //! lock with `pg_try_advisory_xact_lock` and fails if another run holds it.
@@ -468,4 +469,120 @@ async fn command_jobs_run_without_a_shell_and_record_their_outcome() {
         .unwrap();
     assert_eq!(end.get::<_, i32>(0), 3);
     assert!(!end.get::<_, bool>(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_roll_back_a_submit_fail_a_completion_and_compensate_an_abort() {
+    let (env, db, _nodes) = start(3).await;
+    db.batch_execute(
+        "CREATE TABLE hook_log (job bigint, hook text, ok boolean);
+         CREATE FUNCTION refuse_creation(job bigint, p jsonb) RETURNS void LANGUAGE plpgsql AS $$
+         BEGIN
+             IF p->>'refuse' = 'yes' THEN RAISE EXCEPTION 'no postings on Sundays'; END IF;
+             INSERT INTO hook_log VALUES (job, 'after_creation', true);
+         END $$;
+         CREATE FUNCTION check_completion(job bigint, p jsonb) RETURNS void LANGUAGE plpgsql AS $$
+         BEGIN
+             IF p->>'unbalanced' = 'yes' THEN RAISE EXCEPTION 'the ledger does not balance'; END IF;
+         END $$;
+         CREATE FUNCTION after_done(job bigint, p jsonb, ok boolean) RETURNS void LANGUAGE sql AS $$
+             INSERT INTO hook_log VALUES (job, 'after_completion', ok) $$;
+         CREATE FUNCTION undo(job bigint, p jsonb) RETURNS void LANGUAGE sql AS $$
+             INSERT INTO hook_log VALUES (job, 'compensate', true) $$;
+         SELECT herald.create_job_type('hooked', 'report', after_creation => 'refuse_creation',
+                before_completion => 'check_completion', after_completion => 'after_done',
+                compensate => 'undo', newthread => true, startnow => true);",
+    )
+    .await
+    .unwrap();
+    let c = env.connect().await;
+    let submit = |params: &'static str| {
+        let c = &c;
+        async move {
+            c.query_one(
+                "SELECT herald.submit_job('hooked', $1::text::jsonb)",
+                &[&params],
+            )
+            .await
+        }
+    };
+    // after_creation fails: the submit fails with the hook's error and leaves nothing.
+    let refused = submit(r#"{"n": 1, "refuse": "yes"}"#).await.unwrap_err();
+    let message = refused.as_db_error().map(|e| e.message().to_string());
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("no postings on Sundays")),
+        "{refused:?}"
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM herald.job").await, 0);
+    assert_eq!(count(&db, "SELECT count(*) FROM hook_log").await, 0);
+
+    let good: i64 = submit(r#"{"n": 2}"#).await.unwrap().get(0);
+    let unbalanced: i64 = submit(r#"{"n": 3, "unbalanced": "yes"}"#)
+        .await
+        .unwrap()
+        .get(0);
+    let long: i64 = submit(r#"{"n": 4, "sleep": 30}"#).await.unwrap().get(0);
+    wait_for(
+        &db,
+        &format!("SELECT state = 'STARTED' FROM herald.job WHERE id = {long}"),
+        20,
+        "the long job to start",
+    )
+    .await;
+    c.execute("SELECT herald.abort_job($1, 'wrong period')", &[&long])
+        .await
+        .unwrap();
+    wait_all_ended(&db, 60).await;
+
+    let state = |id: i64| {
+        let db = &db;
+        async move {
+            let r = db
+                .query_one(
+                    &format!("SELECT state, coalesce(error, '') FROM herald.job WHERE id = {id}"),
+                    &[],
+                )
+                .await
+                .unwrap();
+            (r.get::<_, String>(0), r.get::<_, String>(1))
+        }
+    };
+    assert_eq!(state(good).await.0, "COMPLETED");
+    let (s, error) = state(unbalanced).await;
+    assert_eq!(s, "FINISHERROR");
+    assert!(error.contains("the ledger does not balance"), "{error}");
+    let (s, error) = state(long).await;
+    assert_eq!(s, "ABORTED");
+    assert!(error.contains("wrong period"), "{error}");
+    let log = |id: i64| {
+        let db = &db;
+        async move {
+            db.query(
+                &format!("SELECT hook || ':' || ok FROM hook_log WHERE job = {id} ORDER BY hook"),
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        log(good).await,
+        ["after_completion:true", "after_creation:true"]
+    );
+    assert_eq!(
+        log(unbalanced).await,
+        ["after_completion:false", "after_creation:true"]
+    );
+    assert_eq!(log(long).await, ["after_creation:true", "compensate:true"]);
+    // The aborted run's work was cancelled and rolled back.
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM runs WHERE n = 4").await,
+        0,
+        "the aborted run left no work behind"
+    );
 }
