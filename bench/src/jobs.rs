@@ -4,7 +4,8 @@
 //! a. Throughput: a backlog of 20,000 no-op jobs, drained by three Herald coordinators (a
 //!    `sql` job type calling a no-op function, `newthread`, the default 4 runners each) and
 //!    by one graphile-worker process with concurrency 10 (a no-op JavaScript task). Both
-//!    timed from starting the workers to an empty backlog.
+//!    timed from starting the workers to an empty backlog; two rounds, interleaved, and
+//!    the best of each.
 //! b. Serialized postings: 200 jobs of class `posting` with `max_running = 1`, three
 //!    coordinators: the time from one posting's completion (its commit) to the next one's
 //!    start, from the jobs' own timestamps.
@@ -40,39 +41,32 @@ pub async fn run(
     // off for the others): the figures are with durable commits.
     durable(db, true).await?;
     println!("\n7. Jobs, durable commits (fsync, synchronous_commit on): a backlog of {JOBS} no-op jobs; Herald with 3 coordinators vs graphile-worker (concurrency 10):");
-    db.execute(
-        "SELECT count(herald.submit_job('noop_job')) FROM generate_series(1, $1)",
-        &[&JOBS],
-    )
-    .await
-    .map_err(pg)?;
-    db.batch_execute("VACUUM ANALYZE herald.job")
-        .await
-        .map_err(pg)?;
-    let started = Instant::now();
+    // Best of two for each, interleaved: this machine's rates drift by 10-20% from one
+    // minute to the next, for both.
+    let (mut herald_rate, mut graphile_rate): (f64, Option<f64>) = (0.0, None);
+    for round in 1..=2 {
+        let rate = herald_drain(cluster, db, herald_bin).await?;
+        println!("   round {round}: herald, 3 coordinators      {rate:>10.0} jobs/s");
+        herald_rate = herald_rate.max(rate);
+        match graphile(cluster) {
+            Ok(rate) => {
+                println!("   round {round}: graphile-worker, 1 worker   {rate:>10.0} jobs/s");
+                graphile_rate = Some(graphile_rate.unwrap_or(0.0).max(rate));
+            }
+            Err(e) => println!("   graphile-worker: not measured ({e})"),
+        }
+    }
+    if let Some(rate) = graphile_rate {
+        println!(
+            "   best of 2: herald {herald_rate:.0}, graphile-worker {rate:.0} jobs/s; ratio herald / graphile-worker: {:.2}x   (target >= 1.5x)",
+            herald_rate / rate
+        );
+    }
     let nodes: Vec<Child> = (1..=3)
         .map(|i| coordinator(cluster, herald_bin, &format!("jobs{i}")))
         .collect::<Result<_, _>>()?;
-    wait_for(
-        db,
-        "SELECT NOT EXISTS (SELECT 1 FROM herald.job WHERE state <> 'COMPLETED')",
-        Duration::from_secs(600),
-    )
-    .await?;
-    let herald_rate = JOBS as f64 / started.elapsed().as_secs_f64();
-    println!("   herald, 3 coordinators      {herald_rate:>10.0} jobs/s");
-    match graphile(cluster) {
-        Ok(rate) => {
-            println!("   graphile-worker, 1 worker   {rate:>10.0} jobs/s");
-            println!(
-                "   ratio herald / graphile-worker: {:.2}x   (target >= 1.5x)",
-                herald_rate / rate
-            );
-        }
-        Err(e) => println!("   graphile-worker: not measured ({e})"),
-    }
 
-    // b. serialized postings, with the three coordinators still running
+    // b. serialized postings
     println!("\n   {POSTINGS} postings, posting serialized (max_running = 1), 3 coordinators:");
     db.execute(
         "SELECT count(herald.submit_job('post_job')) FROM generate_series(1, $1)",
@@ -170,6 +164,42 @@ fn coordinator(cluster: &PgCluster, herald_bin: &str, node: &str) -> Result<Chil
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start {herald_bin}: {e}"))
+}
+
+/// Herald's rate (jobs/s): a backlog of JOBS no-op jobs drained by three coordinators,
+/// timed from starting them to an empty backlog; they are stopped afterwards.
+async fn herald_drain(
+    cluster: &PgCluster,
+    db: &tokio_postgres::Client,
+    herald_bin: &str,
+) -> Result<f64, String> {
+    db.batch_execute("DELETE FROM herald.job")
+        .await
+        .map_err(pg)?;
+    db.execute(
+        "SELECT count(herald.submit_job('noop_job')) FROM generate_series(1, $1)",
+        &[&JOBS],
+    )
+    .await
+    .map_err(pg)?;
+    db.batch_execute("VACUUM ANALYZE herald.job")
+        .await
+        .map_err(pg)?;
+    let started = Instant::now();
+    let nodes: Vec<Child> = (1..=3)
+        .map(|i| coordinator(cluster, herald_bin, &format!("jobs{i}")))
+        .collect::<Result<_, _>>()?;
+    wait_for(
+        db,
+        "SELECT NOT EXISTS (SELECT 1 FROM herald.job WHERE state <> 'COMPLETED')",
+        Duration::from_secs(600),
+    )
+    .await?;
+    let rate = JOBS as f64 / started.elapsed().as_secs_f64();
+    for n in nodes {
+        stop(n);
+    }
+    Ok(rate)
 }
 
 async fn wait_for(db: &tokio_postgres::Client, sql: &str, limit: Duration) -> Result<(), String> {

@@ -1,9 +1,13 @@
 -- The job of class $1 to start next, if the class has room: the oldest waiting due job of
 -- each concurrency key, if fewer than $2 jobs of that key run (running jobs older than the
--- class's wait timeout $3 no longer count). NULL $2: the class is unlimited. With its
--- type's runner, target and newthread (NULL when the type is gone).
-SELECT w.id, t.runner, t.target, t.newthread
-  FROM (SELECT DISTINCT ON (j.concurrency_key) j.id, j.concurrency_key, j.type
+-- class's wait timeout $3 no longer count). NULL $2: the class is unlimited. With what
+-- running it needs of its type (NULL when the type is gone) and of itself.
+SELECT w.id, t.runner, t.target, t.newthread, t.owner::pg_catalog.oid,
+       t.before_completion::pg_catalog.oid, t.after_completion::pg_catalog.oid,
+       t.compensate::pg_catalog.oid, t.autofinish, t.gobackonerror, t.max_attempts,
+       t.retry_delay, w.submitted_by::pg_catalog.oid, w.attempts
+  FROM (SELECT DISTINCT ON (j.concurrency_key) j.id, j.concurrency_key, j.type,
+               j.submitted_by, j.attempts
           FROM herald.job j
          WHERE j.state OPERATOR(pg_catalog.=) 'CREATED' AND j.class OPERATOR(pg_catalog.=) $1
            AND j.run_after OPERATOR(pg_catalog.<=) pg_catalog.now()

@@ -3,9 +3,12 @@
 -- ones instead of colliding on the head) and that this claim may take: of one of the
 -- runners $2 (NULL: any), and newthread unless $3 (inline). An unlimited class promises no
 -- order, so a job that does not match is passed over, not waited for. A job whose type is
--- gone matches any claim (its run fails and ends it). With its type's runner, target and
--- newthread (NULL when the type is gone).
-SELECT j.id, t.runner, t.target, t.newthread
+-- gone matches any claim (its run fails and ends it). With what running it needs of its
+-- type (NULL when the type is gone) and of itself.
+SELECT j.id, t.runner, t.target, t.newthread, t.owner::pg_catalog.oid,
+       t.before_completion::pg_catalog.oid, t.after_completion::pg_catalog.oid,
+       t.compensate::pg_catalog.oid, t.autofinish, t.gobackonerror, t.max_attempts,
+       t.retry_delay, j.submitted_by::pg_catalog.oid, j.attempts
   FROM herald.job j
   LEFT JOIN herald.job_type t ON t.name OPERATOR(pg_catalog.=) j.type
  WHERE j.state OPERATOR(pg_catalog.=) 'CREATED' AND j.class OPERATOR(pg_catalog.=) $1

@@ -255,6 +255,8 @@ struct Head {
     runner: String,
     target: String,
     newthread: bool,
+    /// The job as its run will need it, once STARTED by this backend.
+    job: Job,
 }
 
 /// The job of `class` to start next (see `claim_head.sql`); of an unlimited class, the
@@ -294,11 +296,38 @@ fn head_of(
             if rows.is_empty() {
                 return None;
             }
+            let id = rows.get::<i64>(0, 1)?;
+            let runner = rows.get::<String>(0, 2).unwrap_or_default();
+            let target = rows.get::<String>(0, 3).unwrap_or_default();
+            let newthread = rows.get::<bool>(0, 4).unwrap_or(false);
+            let job = Job {
+                id,
+                r#type: String::new(),
+                params: pgrx::JsonB(serde_json::json!({})),
+                state: State::Started,
+                attempts: rows.get::<i32>(0, 14).unwrap_or_default() + 1,
+                // SAFETY: reads a backend global.
+                claim_pid: Some(unsafe { pg_sys::MyProcPid }),
+                node: None,
+                submitted_by: rows.get(0, 13).unwrap_or(pg_sys::InvalidOid),
+                runner: runner.clone(),
+                target: target.clone(),
+                owner: rows.get(0, 5).unwrap_or(pg_sys::InvalidOid),
+                before_completion: rows.get(0, 6),
+                after_completion: rows.get(0, 7),
+                compensate: rows.get(0, 8),
+                autofinish: rows.get(0, 9).unwrap_or(true),
+                newthread,
+                gobackonerror: rows.get(0, 10).unwrap_or(false),
+                max_attempts: rows.get(0, 11).unwrap_or(1),
+                retry_delay: rows.get(0, 12),
+            };
             Some(Head {
-                id: rows.get::<i64>(0, 1)?,
-                runner: rows.get::<String>(0, 2).unwrap_or_default(),
-                target: rows.get::<String>(0, 3).unwrap_or_default(),
-                newthread: rows.get::<bool>(0, 4).unwrap_or(false),
+                id,
+                runner,
+                target,
+                newthread,
+                job,
             })
         })
     })
@@ -459,6 +488,11 @@ fn claim_of(
             release_claim(head.id);
             continue;
         };
+        let mut job = head.job;
+        job.r#type = started.r#type.clone();
+        job.params = pgrx::JsonB(started.params.0.clone());
+        job.node = Some(node.to_string());
+        remember_claimed(job);
         return Some(Claimed {
             id: head.id,
             r#type: started.r#type,
@@ -542,9 +576,39 @@ fn run_job_and_claim(
     })
 }
 
+thread_local! {
+    /// Jobs this backend has claimed and not yet run, as the claim read them: a run that
+    /// follows its claim on the same connection needs no second read of the job. (Should
+    /// the job have been ended meanwhile, its run's guarded UPDATE finds it so, and the
+    /// run's work is rolled back.)
+    static CLAIMED: std::cell::RefCell<Vec<Job>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// At most this many claimed jobs are remembered (a connection claiming many `command`
+/// jobs never runs them here).
+const CLAIMED_KEPT: usize = 16;
+
+fn remember_claimed(job: Job) {
+    CLAIMED.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= CLAIMED_KEPT {
+            c.remove(0);
+        }
+        c.push(job);
+    });
+}
+
+fn take_claimed(id: i64) -> Option<Job> {
+    CLAIMED.with(|c| {
+        let mut c = c.borrow_mut();
+        let at = c.iter().position(|j| j.id == id)?;
+        Some(c.remove(at))
+    })
+}
+
 /// Run job `id`, claimed by this backend (see `herald.run_job`); the state it is left in.
 fn run(id: i64) -> State {
-    let job = require(id, false);
+    let job = take_claimed(id).unwrap_or_else(|| require(id, false));
     require_running_here(&job);
     if job.runner != "sql" {
         raise(
