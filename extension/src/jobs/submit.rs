@@ -73,6 +73,20 @@ fn submit_job(
     }
     let me = catalog::current_user();
     let admin = is_admin();
+    // The common case in one statement: the type exists, the caller may submit, and its
+    // class is unlimited (a limited class's lock must be taken before the job gets its
+    // id). Otherwise nothing is inserted, and the checks below say why or take the lock.
+    if let Some((id, facts)) = insert_unlimited(
+        type_name,
+        &params,
+        concurrency_key,
+        notify_email,
+        run_after,
+        me,
+        admin,
+    ) {
+        return created(id, &facts, params);
+    }
     let facts = catalog::as_owner(|| {
         Spi::connect(|client| {
             let rows = plans::execute(
@@ -164,6 +178,12 @@ fn submit_job(
         })
     })
     .unwrap_or_default();
+    created(id, &facts, params)
+}
+
+/// A job was inserted: its type's `after_creation` hook, and the managers' wake-up at
+/// commit if it may start now.
+fn created(id: i64, facts: &TypeFacts, params: pgrx::JsonB) -> i64 {
     if let Some(hook) = facts.after_creation {
         callee::call_hook(hook, facts.owner, id, params, None);
     }
@@ -171,4 +191,59 @@ fn submit_job(
         wake_managers_at_commit();
     }
     id
+}
+
+/// Insert the job if its type exists, `me` may submit it (or is an administrator) and its
+/// class is unlimited, in one statement; its id and what the rest of the submit needs of
+/// the type. None: nothing was inserted.
+fn insert_unlimited(
+    type_name: &str,
+    params: &pgrx::JsonB,
+    concurrency_key: Option<&str>,
+    notify_email: Option<&str>,
+    run_after: Option<TimestampWithTimeZone>,
+    me: pg_sys::Oid,
+    admin: bool,
+) -> Option<(i64, TypeFacts)> {
+    use pg_sys::{BOOLOID, JSONBOID, OIDOID, TEXTOID, TIMESTAMPTZOID};
+    catalog::as_owner(|| {
+        Spi::connect(|client| {
+            let rows = plans::execute(
+                client,
+                include_str!("submit_unlimited.sql"),
+                &[
+                    TEXTOID,
+                    JSONBOID,
+                    TEXTOID,
+                    TEXTOID,
+                    OIDOID,
+                    TIMESTAMPTZOID,
+                    BOOLOID,
+                ],
+                &[
+                    type_name.into_datum(),
+                    pgrx::JsonB(params.0.clone()).into_datum(),
+                    concurrency_key.into_datum(),
+                    notify_email.into_datum(),
+                    me.into_datum(),
+                    run_after.into_datum(),
+                    admin.into_datum(),
+                ],
+            );
+            if rows.is_empty() {
+                return None;
+            }
+            Some((
+                rows.get::<i64>(0, 1)?,
+                TypeFacts {
+                    class: rows.get::<String>(0, 2).unwrap_or_default(),
+                    owner: rows.get::<pg_sys::Oid>(0, 3).unwrap_or(pg_sys::InvalidOid),
+                    after_creation: rows.get::<pg_sys::Oid>(0, 4),
+                    startnow: rows.get::<bool>(0, 5).unwrap_or(false),
+                    may_submit: true,
+                    limited: false,
+                },
+            ))
+        })
+    })
 }
