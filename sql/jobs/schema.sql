@@ -144,8 +144,11 @@ CREATE TABLE herald.job (
     class           text NOT NULL,
     params          jsonb NOT NULL DEFAULT '{}',
     state           text NOT NULL DEFAULT 'CREATED'
-        CONSTRAINT job_state CHECK (state IN ('CREATED', 'STARTED', 'FINISHED', 'COMPLETED',
-                                              'STARTERROR', 'FINISHERROR', 'ABORTED')),
+        -- (A single array constant rather than an IN list: every statement that writes
+        -- the table reads its checks back from their stored form, and one constant is
+        -- read far faster than seven.)
+        CONSTRAINT job_state CHECK (state OPERATOR(pg_catalog.=) ANY
+            ('{CREATED,STARTED,FINISHED,COMPLETED,STARTERROR,FINISHERROR,ABORTED}'::pg_catalog.text[])),
     -- Narrows the class limit to the jobs with the same key (NULL: the class's own).
     concurrency_key text,
     notify_email    text,
@@ -172,17 +175,20 @@ CREATE TABLE herald.job (
     -- a retry); 'sending' by mail_node; 'sent'; 'retry' (the server could not be reached
     -- or refused for now: again at mail_next_at); 'failed' (refused for good).
     mail_state      text
-        CONSTRAINT job_mail_state CHECK (mail_state IN ('due', 'sending', 'sent', 'retry', 'failed')),
+        CONSTRAINT job_mail_state CHECK (mail_state OPERATOR(pg_catalog.=) ANY
+            ('{due,sending,sent,retry,failed}'::pg_catalog.text[])),
     mail_node       text,
     mail_attempts   integer NOT NULL DEFAULT 0,
     mail_next_at    timestamptz,
     mail_error      text
 );
--- Waiting jobs: the only index a submit adds to besides the key. By class, in the order
--- jobs fall due (run_after, id), an order the primary key cannot give, so that claims
--- never walk past ended jobs; a limited class's claim reads its waiting jobs from here
--- (their oldest per concurrency key).
+-- Waiting jobs, by class in the order they fall due (run_after, id): an order the primary
+-- key cannot give, so that claims never walk past ended jobs.
 CREATE INDEX job_waiting_head_idx ON herald.job (class, run_after, id)
+    WHERE state OPERATOR(pg_catalog.=) 'CREATED';
+-- Waiting jobs of a class by concurrency key in submission order: a limited class's claim
+-- reads the oldest of each key from here, whatever the statistics say of the class.
+CREATE INDEX job_waiting_idx ON herald.job (class, concurrency_key, id)
     WHERE state OPERATOR(pg_catalog.=) 'CREATED';
 CREATE INDEX job_active_idx ON herald.job (class, concurrency_key)
     WHERE state IN ('STARTED', 'FINISHED');

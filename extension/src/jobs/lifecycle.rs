@@ -8,7 +8,7 @@
 //!    └──── STARTERROR ◄─┘ runner fails, or its node's claim is gone (rescue_jobs)
 //! any unfinished state ──abort_job──► ABORTED
 //! ```
-use pgrx::datum::Interval;
+use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode as Code;
 
@@ -257,6 +257,8 @@ struct Head {
     newthread: bool,
     /// The job as its run will need it, once STARTED by this backend.
     job: Job,
+    /// When it fell due (for an unlimited class).
+    run_after: Option<TimestampWithTimeZone>,
 }
 
 /// The job of `class` to start next (see `claim_head.sql`); of an unlimited class, the
@@ -268,18 +270,86 @@ fn head_of(
     runners: Option<&[String]>,
     inline: bool,
 ) -> Option<Head> {
-    use pg_sys::{BOOLOID, INT4OID, INTERVALOID, TEXTARRAYOID, TEXTOID};
+    if max_running.is_some() {
+        // Most limited classes wait empty most of the time: one cheap probe says so.
+        if !class_has_due(class) {
+            return None;
+        }
+        return head_query(class, max_running, wait, runners, inline, None);
+    }
+    // An unlimited class's probe starts where this backend's last claim of it was, and
+    // from the start every FULL_PROBE_EVERY claims and whenever it finds nothing there: a
+    // job behind that point (its submit committed late, a retry due earlier, one another
+    // claim had locked) waits a few claims at most.
+    let floor = FLOORS.with(|f| f.borrow().get(class).cloned());
+    let from = floor.filter(|f| f.2 < FULL_PROBE_EVERY);
+    let full = || head_query(class, None, None, runners, inline, None);
+    let (head, uses) = match from {
+        Some((at, id, n)) => match head_query(class, None, None, runners, inline, Some((at, id))) {
+            Some(head) => (head, n + 1),
+            None => (full()?, 0),
+        },
+        None => (full()?, 0),
+    };
+    if let Some(at) = head.run_after {
+        FLOORS.with(|f| {
+            let mut f = f.borrow_mut();
+            if f.len() > 64 {
+                f.clear();
+            }
+            f.insert(class.to_string(), (at, head.id, uses));
+        });
+    }
+    Some(head)
+}
+
+/// Has `class` a waiting job that is due (`class_due.sql`)?
+fn class_has_due(class: &str) -> bool {
+    catalog::as_owner(|| {
+        Spi::connect(|client| {
+            !plans::execute(
+                client,
+                include_str!("class_due.sql"),
+                &[pg_sys::TEXTOID],
+                &[class.into_datum()],
+            )
+            .is_empty()
+        })
+    })
+}
+
+/// Full probes of an unlimited class are made at least this often (in claims).
+const FULL_PROBE_EVERY: u32 = 32;
+
+thread_local! {
+    /// Per unlimited class, where this backend's last claim was: (run_after, id) and the
+    /// claims since the last probe from the start.
+    static FLOORS: std::cell::RefCell<std::collections::HashMap<String, (TimestampWithTimeZone, i64, u32)>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+fn head_query(
+    class: &str,
+    max_running: Option<i32>,
+    wait: Option<Interval>,
+    runners: Option<&[String]>,
+    inline: bool,
+    after: Option<(TimestampWithTimeZone, i64)>,
+) -> Option<Head> {
+    use pg_sys::{BOOLOID, INT4OID, INT8OID, INTERVALOID, TEXTARRAYOID, TEXTOID, TIMESTAMPTZOID};
     catalog::as_owner(|| {
         Spi::connect(|client| {
             let rows = match max_running {
                 None => plans::execute(
                     client,
                     include_str!("claim_head_unlimited.sql"),
-                    &[TEXTOID, TEXTARRAYOID, BOOLOID],
+                    &[TEXTOID, TEXTARRAYOID, BOOLOID, TIMESTAMPTZOID, INT8OID],
                     &[
                         class.into_datum(),
                         runners.map(|r| r.to_vec()).into_datum(),
                         inline.into_datum(),
+                        after.map(|a| a.0).into_datum(),
+                        after.map(|a| a.1).into_datum(),
                     ],
                 ),
                 Some(_) => plans::execute(
@@ -328,6 +398,7 @@ fn head_of(
                 target,
                 newthread,
                 job,
+                run_after: rows.get::<TimestampWithTimeZone>(0, 15),
             })
         })
     })
@@ -457,20 +528,28 @@ fn claim_of(
     runners: Option<&[String]>,
     inline: bool,
 ) -> Option<Claimed> {
-    if max_running.is_some() && !KeySpace::JobClass.try_lock_for_transaction(class_key(class)) {
-        return None;
+    // (A job whose type is gone is claimed by anyone, so that its run fails and ends it
+    // instead of blocking its class.)
+    let takes = |head: &Head| {
+        head.runner.is_empty()
+            || (runners.is_none_or(|r| r.contains(&head.runner)) && (inline || head.newthread))
+    };
+    if max_running.is_some() {
+        // A limited class's next job is looked at first without its lock: a claim that
+        // would not take it (another runner, or inline) leaves the lock to those that
+        // would, instead of making them skip the class until the next tick.
+        if !takes(&head_of(class, max_running, wait, runners, inline)?) {
+            return None;
+        }
+        if !KeySpace::JobClass.try_lock_for_transaction(class_key(class)) {
+            return None;
+        }
     }
     // The head of an unlimited class skips the jobs other claims are taking now; try a
     // few in case a job was ended meanwhile.
     for _ in 0..3 {
         let head = head_of(class, max_running, wait, runners, inline)?;
-        // (A job whose type is gone is claimed by anyone, so that its run fails and ends
-        // it instead of blocking its class.)
-        let typed = !head.runner.is_empty();
-        if typed && runners.is_some_and(|r| !r.contains(&head.runner)) {
-            return None;
-        }
-        if typed && !inline && !head.newthread {
+        if !takes(&head) {
             return None;
         }
         if !KeySpace::JobClaim.try_lock_for_session(claim_key(head.id), pg_sys::ExclusiveLock) {
