@@ -2,6 +2,9 @@
 -- each concurrency key, if fewer than $2 jobs of that key run (running jobs older than the
 -- class's wait timeout $3 no longer count). NULL $2: the class is unlimited. With what
 -- running it needs of its type (NULL when the type is gone) and of itself.
+-- (Due by clock_timestamp(), not now(): a claim's transaction may have begun before a
+-- submit that committed since, or before the previous job's run in run_job_and_claim;
+-- such a job is due, and skipping it would start a later one first.)
 SELECT w.id, t.runner, t.target, t.newthread, t.owner::pg_catalog.oid,
        t.before_completion::pg_catalog.oid, t.after_completion::pg_catalog.oid,
        t.compensate::pg_catalog.oid, t.autofinish, t.gobackonerror, t.max_attempts,
@@ -10,7 +13,7 @@ SELECT w.id, t.runner, t.target, t.newthread, t.owner::pg_catalog.oid,
                j.submitted_by, j.attempts
           FROM herald.job j
          WHERE j.state OPERATOR(pg_catalog.=) 'CREATED' AND j.class OPERATOR(pg_catalog.=) $1
-           AND j.run_after OPERATOR(pg_catalog.<=) pg_catalog.now()
+           AND j.run_after OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()
          ORDER BY j.concurrency_key, j.id) w
   LEFT JOIN herald.job_type t ON t.name OPERATOR(pg_catalog.=) w.type
  WHERE $2 IS NULL

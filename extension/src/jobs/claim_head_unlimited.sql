@@ -15,7 +15,7 @@ SELECT j.id, t.runner, t.target, t.newthread, t.owner::pg_catalog.oid,
   FROM herald.job j
   LEFT JOIN herald.job_type t ON t.name OPERATOR(pg_catalog.=) j.type
  WHERE j.state OPERATOR(pg_catalog.=) 'CREATED' AND j.class OPERATOR(pg_catalog.=) $1
-   AND j.run_after OPERATOR(pg_catalog.<=) pg_catalog.now()
+   AND j.run_after OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()
    AND (j.run_after, j.id) OPERATOR(pg_catalog.>)
        (COALESCE($4, '-infinity'::pg_catalog.timestamptz), COALESCE($5, 0::pg_catalog.int8))
    AND (t.name IS NULL

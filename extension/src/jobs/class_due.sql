@@ -4,6 +4,6 @@
 SELECT j.id
   FROM herald.job j
  WHERE j.state OPERATOR(pg_catalog.=) 'CREATED' AND j.class OPERATOR(pg_catalog.=) $1
-   AND j.run_after OPERATOR(pg_catalog.<=) pg_catalog.now()
+   AND j.run_after OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()
  ORDER BY j.run_after, j.id
  LIMIT 1

@@ -26,6 +26,7 @@ use crate::listeners::event_types::is_admin;
 pub struct Job {
     pub id: i64,
     pub r#type: String,
+    pub class: String,
     pub params: pgrx::JsonB,
     pub state: State,
     pub attempts: i32,
@@ -54,7 +55,7 @@ pub fn load(job: i64, lock: bool) -> Option<Job> {
                 j.submitted_by::pg_catalog.oid, t.runner, t.target, t.owner::pg_catalog.oid,
                 t.before_completion::pg_catalog.oid, t.after_completion::pg_catalog.oid,
                 t.compensate::pg_catalog.oid, t.autofinish, t.newthread, t.gobackonerror,
-                t.max_attempts, t.retry_delay
+                t.max_attempts, t.retry_delay, j.class
            FROM herald.job j
            LEFT JOIN herald.job_type t ON t.name OPERATOR(pg_catalog.=) j.type
           WHERE j.id OPERATOR(pg_catalog.=) $1"
@@ -96,6 +97,7 @@ pub fn load(job: i64, lock: bool) -> Option<Job> {
                 gobackonerror: rows.get(0, 17).unwrap_or(false),
                 max_attempts: rows.get(0, 18).unwrap_or(1),
                 retry_delay: rows.get(0, 19),
+                class: get_s(20),
             })
         })
     })
@@ -373,6 +375,7 @@ fn head_query(
             let job = Job {
                 id,
                 r#type: String::new(),
+                class: class.to_string(),
                 params: pgrx::JsonB(serde_json::json!({})),
                 state: State::Started,
                 attempts: rows.get::<i32>(0, 14).unwrap_or_default() + 1,
@@ -441,7 +444,7 @@ fn claim_next_job(
     let node = errors::required(node, "node");
     let inline = errors::required(inline, "inline");
     let runners: Option<Vec<String>> = runners.map(|r| r.into_iter().flatten().collect());
-    match claim(node, runners.as_deref(), inline) {
+    match claim(node, runners.as_deref(), inline, None) {
         Some(c) => TableIterator::once((c.id, c.r#type, c.runner, c.target, c.params, c.newthread)),
         None => TableIterator::new(std::iter::empty()),
     }
@@ -458,10 +461,18 @@ struct Claimed {
 }
 
 /// Claim the next job that may start now (see `herald.claim_next_job`).
-fn claim(node: &str, runners: Option<&[String]>, inline: bool) -> Option<Claimed> {
+fn claim(
+    node: &str,
+    runners: Option<&[String]>,
+    inline: bool,
+    not_of: Option<&str>,
+) -> Option<Claimed> {
     let classes = known_classes();
+    // (A limited class whose job just ended here is left to the claims its end wakes, so
+    // that its jobs go to whichever node asks first, not always to this runner.)
     let (limited, unlimited): (Vec<_>, Vec<_>) = classes
         .iter()
+        .filter(|(name, max_running, _)| max_running.is_none() || Some(name.as_str()) != not_of)
         .partition(|(_, max_running, _)| max_running.is_some());
     // Unlimited classes take turns: each claim of this backend starts at the next one.
     let start = ROTATION.with(|r| {
@@ -496,13 +507,15 @@ thread_local! {
     static ROTATION: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// The job classes with their limits (`herald.job_class`).
+/// The job classes with their limits: the rows of `herald.job_class_setting`, and the
+/// built-in classes without a row there, which are unlimited (what `herald.job_class`
+/// shows, without the view's union).
 fn known_classes() -> Vec<(String, Option<i32>, Option<Interval>)> {
-    catalog::as_owner(|| {
+    let mut classes: Vec<(String, Option<i32>, Option<Interval>)> = catalog::as_owner(|| {
         Spi::connect(|client| {
             let rows = plans::execute(
                 client,
-                "SELECT name, max_running, wait_timeout FROM herald.job_class",
+                "SELECT name, max_running, wait_timeout FROM herald.job_class_setting",
                 &[],
                 &[],
             );
@@ -516,8 +529,18 @@ fn known_classes() -> Vec<(String, Option<i32>, Option<Interval>)> {
                 })
                 .collect()
         })
-    })
+    });
+    for builtin in BUILTIN_CLASSES {
+        if classes.iter().all(|(name, _, _)| name != builtin) {
+            classes.push((builtin.to_string(), None, None));
+        }
+    }
+    classes
 }
+
+/// The classes every installation has (sql/jobs/schema.sql), unlimited until a row of
+/// `herald.job_class_setting` says otherwise.
+const BUILTIN_CLASSES: [&str; 2] = ["default", "posting"];
 
 /// Claim the next job of `class` that may start now and that this claim may take.
 fn claim_of(
@@ -612,7 +635,7 @@ fn require_running_here(job: &Job) {
 /// STARTERROR (and a retry, per the type's policy). Returns the job's state.
 #[pg_extern(volatile, parallel_unsafe)]
 fn run_job(job: Option<i64>) -> String {
-    run(errors::required(job, "job")).name().to_string()
+    run(errors::required(job, "job")).0.name().to_string()
 }
 
 /// `herald.run_job_and_claim(job, node, inline)`: `herald.run_job(job)`, then, in the same
@@ -640,8 +663,9 @@ fn run_job_and_claim(
     let id = errors::required(job, "job");
     let node = errors::required(node, "node");
     let inline = errors::required(inline, "inline");
-    let state = run(id).name().to_string();
-    let next = claim(node, Some(&["sql".to_string()]), inline);
+    let (state, class) = run(id);
+    let state = state.name().to_string();
+    let next = claim(node, Some(&["sql".to_string()]), inline, Some(&class));
     TableIterator::once(match next {
         Some(c) => (
             state,
@@ -685,10 +709,17 @@ fn take_claimed(id: i64) -> Option<Job> {
     })
 }
 
-/// Run job `id`, claimed by this backend (see `herald.run_job`); the state it is left in.
-fn run(id: i64) -> State {
+/// Run job `id`, claimed by this backend (see `herald.run_job`); the state it is left in,
+/// and its class.
+fn run(id: i64) -> (State, String) {
     let job = take_claimed(id).unwrap_or_else(|| require(id, false));
-    require_running_here(&job);
+    let state = run_loaded(&job);
+    (state, job.class)
+}
+
+fn run_loaded(job: &Job) -> State {
+    let id = job.id;
+    require_running_here(job);
     if job.runner != "sql" {
         raise(
             Code::ERRCODE_WRONG_OBJECT_TYPE,
@@ -706,7 +737,7 @@ fn run(id: i64) -> State {
     match outcome {
         Ok(()) => {
             let done = if job.autofinish {
-                finish(&job, result)
+                finish(job, result)
             } else {
                 keep_for_external_finish(id).then_some(State::Started)
             };
@@ -720,7 +751,7 @@ fn run(id: i64) -> State {
             };
             state
         }
-        Err(e) => fail(&job, &e.message, true),
+        Err(e) => fail(job, &e.message, true),
     }
 }
 
