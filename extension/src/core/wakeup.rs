@@ -2,7 +2,7 @@
 //!
 //! A waiter (a coordinator's drainer, a session in `herald.next_event`) sleeps on its process
 //! latch. A transaction that has work for it remembers the target and, once its commit is
-//! visible, sets the waiter's latch. A target is either "whoever holds advisory lock `key` in
+//! visible and its locks are released, sets the waiter's latch. A target is either "whoever holds advisory lock `key` in
 //! key space `space`" (found in the lock manager at commit) or one backend by pid. Cost on
 //! the producer: one lock-table probe per target per commit; no NOTIFY (whose commit-time
 //! database lock serializes concurrent producers).
@@ -28,6 +28,8 @@ enum Target {
 
 thread_local! {
     static PENDING: RefCell<Vec<Target>> = const { RefCell::new(Vec::new()) };
+    /// Targets of a transaction that has committed, woken once it has released its locks.
+    static COMMITTED: RefCell<Vec<Target>> = const { RefCell::new(Vec::new()) };
     static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -44,9 +46,13 @@ pub fn wake_backend_at_commit(pid: i32) {
 
 fn wake_at_commit(target: Target) {
     if !CALLBACK_REGISTERED.with(|c| c.replace(true)) {
-        // One callback for the life of the backend; a transaction only pushes targets.
-        // SAFETY: `at_xact_end` is a `#[pg_guard]`ed function that never raises.
-        unsafe { pg_sys::RegisterXactCallback(Some(at_xact_end), std::ptr::null_mut()) };
+        // One pair of callbacks for the life of the backend; a transaction only pushes
+        // targets.
+        // SAFETY: both are `#[pg_guard]`ed functions that never raise.
+        unsafe {
+            pg_sys::RegisterXactCallback(Some(at_xact_end), std::ptr::null_mut());
+            pg_sys::RegisterResourceReleaseCallback(Some(after_locks), std::ptr::null_mut());
+        }
     }
     PENDING.with(|pending| {
         let mut pending = pending.borrow_mut();
@@ -56,19 +62,15 @@ fn wake_at_commit(target: Target) {
     });
 }
 
-/// Transaction callback: wake the targets once the commit is visible; forget them on abort.
-/// (Subtransaction aborts keep them: a spurious wake-up only costs the woken a look.)
+/// Transaction callback: at commit (visible now), hand the targets to [`after_locks`];
+/// forget them on abort. (Subtransaction aborts keep them: a spurious wake-up only costs
+/// the woken a look.)
 #[pg_guard]
 extern "C-unwind" fn at_xact_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     match event {
         pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT => {
             let targets = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
-            for target in targets {
-                match target {
-                    Target::Holders(space, key) => wake_holders(space, key),
-                    Target::Backend(pid) => wake_backend(pid),
-                }
-            }
+            COMMITTED.with(|c| c.borrow_mut().extend(targets));
         }
         // A prepared transaction commits later, elsewhere: its work is found by the
         // waiter's periodic look instead.
@@ -78,6 +80,33 @@ extern "C-unwind" fn at_xact_end(event: pg_sys::XactEvent::Type, _arg: *mut std:
             PENDING.with(|p| p.borrow_mut().clear());
         }
         _ => {}
+    }
+}
+
+/// Resource-release callback: wake the committed transaction's targets once it has released
+/// its locks, not before. Whoever is woken (the next posting of a serialized class, say)
+/// then finds none of this transaction's locks held: its row locks, and the transaction
+/// advisory locks its user code took (a posting run guarding itself with
+/// `pg_try_advisory_xact_lock`), are gone by then.
+#[pg_guard]
+extern "C-unwind" fn after_locks(
+    phase: pg_sys::ResourceReleasePhase::Type,
+    is_commit: bool,
+    is_top_level: bool,
+    _arg: *mut std::ffi::c_void,
+) {
+    if phase != pg_sys::ResourceReleasePhase::RESOURCE_RELEASE_AFTER_LOCKS || !is_top_level {
+        return;
+    }
+    let targets = COMMITTED.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    if !is_commit {
+        return;
+    }
+    for target in targets {
+        match target {
+            Target::Holders(space, key) => wake_holders(space, key),
+            Target::Backend(pid) => wake_backend(pid),
+        }
     }
 }
 

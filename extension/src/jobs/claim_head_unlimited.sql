@@ -18,6 +18,9 @@ SELECT j.id, t.runner, t.target, t.newthread, t.owner::pg_catalog.oid,
    AND j.run_after OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()
    AND (j.run_after, j.id) OPERATOR(pg_catalog.>)
        (COALESCE($4, '-infinity'::pg_catalog.timestamptz), COALESCE($5, 0::pg_catalog.int8))
+   -- (still unlimited in this statement's snapshot: a limit set a moment ago holds at once)
+   AND NOT EXISTS (SELECT 1 FROM herald.job_class_setting c
+                    WHERE c.name OPERATOR(pg_catalog.=) $1 AND c.max_running IS NOT NULL)
    AND (t.name IS NULL
         OR (($2 IS NULL OR t.runner OPERATOR(pg_catalog.=) ANY ($2)) AND ($3 OR t.newthread)))
  ORDER BY j.run_after, j.id

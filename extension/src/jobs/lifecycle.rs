@@ -268,7 +268,6 @@ struct Head {
 fn head_of(
     class: &str,
     max_running: Option<i32>,
-    wait: Option<Interval>,
     runners: Option<&[String]>,
     inline: bool,
 ) -> Option<Head> {
@@ -277,7 +276,7 @@ fn head_of(
         if !class_has_due(class) {
             return None;
         }
-        return head_query(class, max_running, wait, runners, inline, None);
+        return head_query(class, max_running, runners, inline, None);
     }
     // An unlimited class's probe starts where this backend's last claim of it was, and
     // from the start every FULL_PROBE_EVERY claims and whenever it finds nothing there: a
@@ -285,9 +284,9 @@ fn head_of(
     // claim had locked) waits a few claims at most.
     let floor = FLOORS.with(|f| f.borrow().get(class).cloned());
     let from = floor.filter(|f| f.2 < FULL_PROBE_EVERY);
-    let full = || head_query(class, None, None, runners, inline, None);
+    let full = || head_query(class, None, runners, inline, None);
     let (head, uses) = match from {
-        Some((at, id, n)) => match head_query(class, None, None, runners, inline, Some((at, id))) {
+        Some((at, id, n)) => match head_query(class, None, runners, inline, Some((at, id))) {
             Some(head) => (head, n + 1),
             None => (full()?, 0),
         },
@@ -333,12 +332,11 @@ thread_local! {
 fn head_query(
     class: &str,
     max_running: Option<i32>,
-    wait: Option<Interval>,
     runners: Option<&[String]>,
     inline: bool,
     after: Option<(TimestampWithTimeZone, i64)>,
 ) -> Option<Head> {
-    use pg_sys::{BOOLOID, INT4OID, INT8OID, INTERVALOID, TEXTARRAYOID, TEXTOID, TIMESTAMPTZOID};
+    use pg_sys::{BOOLOID, INT8OID, TEXTARRAYOID, TEXTOID, TIMESTAMPTZOID};
     catalog::as_owner(|| {
         Spi::connect(|client| {
             let rows = match max_running {
@@ -357,12 +355,8 @@ fn head_query(
                 Some(_) => plans::execute(
                     client,
                     include_str!("claim_head.sql"),
-                    &[TEXTOID, INT4OID, INTERVALOID],
-                    &[
-                        class.into_datum(),
-                        max_running.into_datum(),
-                        wait.into_datum(),
-                    ],
+                    &[TEXTOID],
+                    &[class.into_datum()],
                 ),
             };
             if rows.is_empty() {
@@ -467,7 +461,7 @@ fn claim(
     inline: bool,
     not_of: Option<&str>,
 ) -> Option<Claimed> {
-    let classes = known_classes();
+    let (classes, known) = known_classes();
     // (A limited class whose job just ended here is left to the claims its end wakes, so
     // that its jobs go to whichever node asks first, not always to this runner.)
     let (limited, unlimited): (Vec<_>, Vec<_>) = classes
@@ -485,16 +479,16 @@ fn claim(
         .cycle()
         .skip(start % unlimited.len().max(1))
         .take(unlimited.len());
-    for (class, max_running, wait) in limited.iter().copied().chain(turn.copied()) {
-        if let Some(claimed) = claim_of(node, class, *max_running, *wait, runners, inline) {
+    for (class, max_running, _) in limited.iter().copied().chain(turn.copied()) {
+        if let Some(claimed) = claim_of(node, class, *max_running, runners, inline) {
             return Some(claimed);
         }
     }
     // Jobs of a class that is no longer defined (its row deleted by hand) count as
     // unlimited, and start when no job of a defined class can.
     for (class, _, _) in due_classes() {
-        if classes.iter().all(|(known, _, _)| *known != class) {
-            if let Some(claimed) = claim_of(node, &class, None, None, runners, inline) {
+        if known.iter().all(|k| *k != class) {
+            if let Some(claimed) = claim_of(node, &class, None, runners, inline) {
                 return Some(claimed);
             }
         }
@@ -507,35 +501,42 @@ thread_local! {
     static ROTATION: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// The job classes with their limits: the rows of `herald.job_class_setting`, and the
-/// built-in classes without a row there, which are unlimited (what `herald.job_class`
-/// shows, without the view's union).
-fn known_classes() -> Vec<(String, Option<i32>, Option<Interval>)> {
-    let mut classes: Vec<(String, Option<i32>, Option<Interval>)> = catalog::as_owner(|| {
+/// The job classes a claim looks at, with their limits (all but limited classes without a
+/// due job), and the names of every class there is: the rows of
+/// `herald.job_class_setting` (`known_classes.sql`), and the built-in classes without a
+/// row there, which are unlimited (what `herald.job_class` shows, without the view's
+/// union).
+#[allow(clippy::type_complexity)]
+fn known_classes() -> (Vec<(String, Option<i32>, Option<Interval>)>, Vec<String>) {
+    // (name, max_running, wait_timeout, worth a look)
+    let rows: Vec<(String, Option<i32>, Option<Interval>, bool)> = catalog::as_owner(|| {
         Spi::connect(|client| {
-            let rows = plans::execute(
-                client,
-                "SELECT name, max_running, wait_timeout FROM herald.job_class_setting",
-                &[],
-                &[],
-            );
+            let rows = plans::execute(client, include_str!("known_classes.sql"), &[], &[]);
             (0..rows.len())
                 .map(|i| {
                     (
                         rows.get::<String>(i, 1).unwrap_or_default(),
                         rows.get::<i32>(i, 2),
                         rows.get::<Interval>(i, 3),
+                        rows.get::<bool>(i, 4).unwrap_or(true),
                     )
                 })
                 .collect()
         })
     });
+    let mut classes: Vec<_> = rows
+        .iter()
+        .filter(|r| r.3)
+        .map(|r| (r.0.clone(), r.1, r.2))
+        .collect();
+    let mut names: Vec<String> = rows.into_iter().map(|r| r.0).collect();
     for builtin in BUILTIN_CLASSES {
-        if classes.iter().all(|(name, _, _)| name != builtin) {
+        if names.iter().all(|n| n != builtin) {
             classes.push((builtin.to_string(), None, None));
+            names.push(builtin.to_string());
         }
     }
-    classes
+    (classes, names)
 }
 
 /// The classes every installation has (sql/jobs/schema.sql), unlimited until a row of
@@ -547,7 +548,6 @@ fn claim_of(
     node: &str,
     class: &str,
     max_running: Option<i32>,
-    wait: Option<Interval>,
     runners: Option<&[String]>,
     inline: bool,
 ) -> Option<Claimed> {
@@ -561,7 +561,7 @@ fn claim_of(
         // A limited class's next job is looked at first without its lock: a claim that
         // would not take it (another runner, or inline) leaves the lock to those that
         // would, instead of making them skip the class until the next tick.
-        if !takes(&head_of(class, max_running, wait, runners, inline)?) {
+        if !takes(&head_of(class, max_running, runners, inline)?) {
             return None;
         }
         if !KeySpace::JobClass.try_lock_for_transaction(class_key(class)) {
@@ -571,7 +571,7 @@ fn claim_of(
     // The head of an unlimited class skips the jobs other claims are taking now; try a
     // few in case a job was ended meanwhile.
     for _ in 0..3 {
-        let head = head_of(class, max_running, wait, runners, inline)?;
+        let head = head_of(class, max_running, runners, inline)?;
         if !takes(&head) {
             return None;
         }
