@@ -1,8 +1,6 @@
--- Classes with waiting jobs, with their limits from job_class_setting (a built-in class
--- without a row there, like a class that was deleted, is unlimited), found by a skip scan
--- of job_waiting_head_idx: one index probe per class, not a pass over every waiting job,
--- so that a claim costs the same with ten waiting jobs or a million. (Whether a class has
--- a job due now is the claim's own probe.)
+-- The classes with waiting jobs, found by a skip scan of job_waiting_head_idx: one index
+-- probe per class, not a pass over every waiting job. (A claim uses it only to find jobs
+-- of classes that no longer exist.)
 WITH RECURSIVE c (class) AS (
     (SELECT j.class FROM herald.job j
       WHERE j.state OPERATOR(pg_catalog.=) 'CREATED'
@@ -14,7 +12,4 @@ WITH RECURSIVE c (class) AS (
              ORDER BY j.class LIMIT 1)
       FROM c WHERE c.class IS NOT NULL
 )
-SELECT c.class, k.max_running, k.wait_timeout
-  FROM c
-  LEFT JOIN herald.job_class_setting k ON k.name OPERATOR(pg_catalog.=) c.class
- WHERE c.class IS NOT NULL
+SELECT c.class FROM c WHERE c.class IS NOT NULL

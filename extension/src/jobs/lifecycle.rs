@@ -233,18 +233,12 @@ pub fn release_claim(job: i64) {
 }
 
 /// The classes with waiting jobs (`due_classes.sql`).
-fn due_classes() -> Vec<(String, Option<i32>, Option<Interval>)> {
+fn due_classes() -> Vec<String> {
     catalog::as_owner(|| {
         Spi::connect(|client| {
             let rows = plans::execute(client, include_str!("due_classes.sql"), &[], &[]);
             (0..rows.len())
-                .map(|i| {
-                    (
-                        rows.get::<String>(i, 1).unwrap_or_default(),
-                        rows.get::<i32>(i, 2),
-                        rows.get::<Interval>(i, 3),
-                    )
-                })
+                .map(|i| rows.get::<String>(i, 1).unwrap_or_default())
                 .collect()
         })
     })
@@ -466,8 +460,8 @@ fn claim(
     // that its jobs go to whichever node asks first, not always to this runner.)
     let (limited, unlimited): (Vec<_>, Vec<_>) = classes
         .iter()
-        .filter(|(name, max_running, _)| max_running.is_none() || Some(name.as_str()) != not_of)
-        .partition(|(_, max_running, _)| max_running.is_some());
+        .filter(|(name, max_running)| max_running.is_none() || Some(name.as_str()) != not_of)
+        .partition(|(_, max_running)| max_running.is_some());
     // Unlimited classes take turns: each claim of this backend starts at the next one.
     let start = ROTATION.with(|r| {
         let n = r.get();
@@ -479,14 +473,14 @@ fn claim(
         .cycle()
         .skip(start % unlimited.len().max(1))
         .take(unlimited.len());
-    for (class, max_running, _) in limited.iter().copied().chain(turn.copied()) {
+    for (class, max_running) in limited.iter().copied().chain(turn.copied()) {
         if let Some(claimed) = claim_of(node, class, *max_running, runners, inline) {
             return Some(claimed);
         }
     }
     // Jobs of a class that is no longer defined (its row deleted by hand) count as
     // unlimited, and start when no job of a defined class can.
-    for (class, _, _) in due_classes() {
+    for class in due_classes() {
         if known.iter().all(|k| *k != class) {
             if let Some(claimed) = claim_of(node, &class, None, runners, inline) {
                 return Some(claimed);
@@ -507,9 +501,9 @@ thread_local! {
 /// row there, which are unlimited (what `herald.job_class` shows, without the view's
 /// union).
 #[allow(clippy::type_complexity)]
-fn known_classes() -> (Vec<(String, Option<i32>, Option<Interval>)>, Vec<String>) {
-    // (name, max_running, wait_timeout, worth a look)
-    let rows: Vec<(String, Option<i32>, Option<Interval>, bool)> = catalog::as_owner(|| {
+fn known_classes() -> (Vec<(String, Option<i32>)>, Vec<String>) {
+    // (name, max_running, worth a look)
+    let rows: Vec<(String, Option<i32>, bool)> = catalog::as_owner(|| {
         Spi::connect(|client| {
             let rows = plans::execute(client, include_str!("known_classes.sql"), &[], &[]);
             (0..rows.len())
@@ -517,8 +511,7 @@ fn known_classes() -> (Vec<(String, Option<i32>, Option<Interval>)>, Vec<String>
                     (
                         rows.get::<String>(i, 1).unwrap_or_default(),
                         rows.get::<i32>(i, 2),
-                        rows.get::<Interval>(i, 3),
-                        rows.get::<bool>(i, 4).unwrap_or(true),
+                        rows.get::<bool>(i, 3).unwrap_or(true),
                     )
                 })
                 .collect()
@@ -526,13 +519,13 @@ fn known_classes() -> (Vec<(String, Option<i32>, Option<Interval>)>, Vec<String>
     });
     let mut classes: Vec<_> = rows
         .iter()
-        .filter(|r| r.3)
-        .map(|r| (r.0.clone(), r.1, r.2))
+        .filter(|r| r.2)
+        .map(|r| (r.0.clone(), r.1))
         .collect();
     let mut names: Vec<String> = rows.into_iter().map(|r| r.0).collect();
     for builtin in BUILTIN_CLASSES {
         if names.iter().all(|n| n != builtin) {
-            classes.push((builtin.to_string(), None, None));
+            classes.push((builtin.to_string(), None));
             names.push(builtin.to_string());
         }
     }

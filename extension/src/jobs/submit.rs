@@ -76,7 +76,7 @@ fn submit_job(
     // The common case in one statement: the type exists, the caller may submit, and its
     // class is unlimited (a limited class's lock must be taken before the job gets its
     // id). Otherwise nothing is inserted, and the checks below say why or take the lock.
-    if let Some((id, facts)) = insert_unlimited(
+    if let Some((id, facts)) = insert_job(
         type_name,
         &params,
         concurrency_key,
@@ -84,6 +84,7 @@ fn submit_job(
         run_after,
         me,
         admin,
+        false,
     ) {
         return created(id, &facts, params);
     }
@@ -145,39 +146,26 @@ fn submit_job(
         // commit wakes the managers.
         KeySpace::JobClass.lock_for_transaction(class_key(&facts.class), pg_sys::ShareLock);
     }
-    let id = catalog::as_owner(|| {
-        use pg_sys::{JSONBOID, OIDOID, TEXTOID, TIMESTAMPTZOID};
-        Spi::connect(|client| {
-            plans::execute(
-                client,
-                "INSERT INTO herald.job (type, class, params, concurrency_key, notify_email,
-                                         submitted_by, run_after)
-                 VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.regrole,
-                         COALESCE($7, pg_catalog.now()))
-                 RETURNING id",
-                &[
-                    TEXTOID,
-                    TEXTOID,
-                    JSONBOID,
-                    TEXTOID,
-                    TEXTOID,
-                    OIDOID,
-                    TIMESTAMPTZOID,
-                ],
-                &[
-                    type_name.into_datum(),
-                    facts.class.as_str().into_datum(),
-                    pgrx::JsonB(params.0.clone()).into_datum(),
-                    concurrency_key.into_datum(),
-                    notify_email.into_datum(),
-                    me.into_datum(),
-                    run_after.into_datum(),
-                ],
-            )
-            .get::<i64>(0, 1)
-        })
-    })
-    .unwrap_or_default();
+    // (Its lock taken, the class may have a job inserted; the checks were made above.)
+    let Some((id, _)) = insert_job(
+        type_name,
+        &params,
+        concurrency_key,
+        notify_email,
+        run_after,
+        me,
+        admin,
+        true,
+    ) else {
+        raise(
+            Code::ERRCODE_UNDEFINED_OBJECT,
+            format!(
+                "job type \"{}\" was dropped meanwhile",
+                errors::shown(type_name)
+            ),
+            None,
+        );
+    };
     created(id, &facts, params)
 }
 
@@ -194,9 +182,11 @@ fn created(id: i64, facts: &TypeFacts, params: pgrx::JsonB) -> i64 {
 }
 
 /// Insert the job if its type exists, `me` may submit it (or is an administrator) and its
-/// class is unlimited, in one statement; its id and what the rest of the submit needs of
-/// the type. None: nothing was inserted.
-fn insert_unlimited(
+/// class is unlimited (or `limited_ok`: the caller holds the class lock), in one
+/// statement (`submit_job.sql`); its id and what the rest of the submit needs of the
+/// type. None: nothing was inserted.
+#[allow(clippy::too_many_arguments)]
+fn insert_job(
     type_name: &str,
     params: &pgrx::JsonB,
     concurrency_key: Option<&str>,
@@ -204,13 +194,14 @@ fn insert_unlimited(
     run_after: Option<TimestampWithTimeZone>,
     me: pg_sys::Oid,
     admin: bool,
+    limited_ok: bool,
 ) -> Option<(i64, TypeFacts)> {
     use pg_sys::{BOOLOID, JSONBOID, OIDOID, TEXTOID, TIMESTAMPTZOID};
     catalog::as_owner(|| {
         Spi::connect(|client| {
             let rows = plans::execute(
                 client,
-                include_str!("submit_unlimited.sql"),
+                include_str!("submit_job.sql"),
                 &[
                     TEXTOID,
                     JSONBOID,
@@ -218,6 +209,7 @@ fn insert_unlimited(
                     TEXTOID,
                     OIDOID,
                     TIMESTAMPTZOID,
+                    BOOLOID,
                     BOOLOID,
                 ],
                 &[
@@ -228,6 +220,7 @@ fn insert_unlimited(
                     me.into_datum(),
                     run_after.into_datum(),
                     admin.into_datum(),
+                    limited_ok.into_datum(),
                 ],
             );
             if rows.is_empty() {
