@@ -458,18 +458,15 @@ VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'set_job_state_wrapper';
 
--- extension/src/jobs/submit.rs:27
--- herald::jobs::submit::submit_job
-CREATE  FUNCTION "submit_job"(
-	"type" TEXT, /* Option < & str > */
-	"params" jsonb DEFAULT '{}', /* Option < pgrx :: JsonB > */
-	"concurrency_key" TEXT DEFAULT NULL, /* Option < & str > */
-	"notify_email" TEXT DEFAULT NULL, /* Option < & str > */
-	"run_after" timestamp with time zone DEFAULT NULL /* Option < TimestampWithTimeZone > */
-) RETURNS bigint /* i64 */
-VOLATILE PARALLEL UNSAFE
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'submit_job_wrapper';
+-- extension/src/jobs/submit.rs
+CREATE FUNCTION herald.submit_job(
+    "type" text,
+    params jsonb DEFAULT '{}',
+    concurrency_key text DEFAULT NULL,
+    notify_email text DEFAULT NULL,
+    run_after timestamptz DEFAULT NULL
+) RETURNS bigint LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'herald_submit_job';
 
 -- Nothing new is open to PUBLIC (sql/privileges.sql).
 DO $$

@@ -108,6 +108,7 @@ pub extern "C-unwind" fn _PG_init() {
     delivery::init();
     events::init();
     jobs::callee::init();
+    jobs::store::init();
 }
 
 /// Required by `cargo pgrx test`.

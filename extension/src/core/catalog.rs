@@ -106,6 +106,21 @@ pub fn oids() -> Oids {
     oids
 }
 
+/// The oid of relation `name` (a table or index) in the extension's schema, through the
+/// relation-name syscache. Raises if there is none (the library is newer than the SQL).
+pub fn relation(name: &std::ffi::CStr) -> pg_sys::Oid {
+    // SAFETY: a syscache lookup by name and namespace; it returns InvalidOid if not found.
+    let oid = unsafe { pg_sys::get_relname_relid(name.as_ptr(), oids().schema) };
+    if oid == pg_sys::InvalidOid {
+        errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("relation herald.{} is missing", name.to_string_lossy()),
+            Some("Finish the upgrade: ALTER EXTENSION herald UPDATE;".into()),
+        );
+    }
+    oid
+}
+
 /// Forget the cached oids (the invalidation callback does this when the extension's own
 /// tables change, or the extension is dropped). Never raises.
 pub fn forget() {

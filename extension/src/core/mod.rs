@@ -7,6 +7,7 @@
 //! - [`datum`]: datum wrappers pgrx lacks (a jsonb passed through untouched)
 //! - [`catalog`]: the extension's owner and the oids of its own objects, owner switching
 //! - [`relation`]: opened relations that close themselves
+//! - [`lookup`]: one row by its text key, read straight through the key's index
 //! - [`subxact`]: running code in an internal subtransaction
 //! - [`fmgr`]: calling a SQL function with one argument, with kept call info
 //! - [`advisory`]: every advisory-lock key space Herald uses, in one place
@@ -19,6 +20,7 @@ pub mod errors;
 pub mod ffi;
 pub mod fmgr;
 pub mod invalidation;
+pub mod lookup;
 pub mod plans;
 pub mod relation;
 pub mod subxact;

@@ -308,7 +308,7 @@ pub fn call_hook(
     hook: pg_sys::Oid,
     owner: pg_sys::Oid,
     job: i64,
-    params: pgrx::JsonB,
+    params: impl IntoDatum,
     commit: Option<bool>,
 ) {
     let call = describe(hook);

@@ -4,6 +4,7 @@
 //! - [`callee`]: the user functions a job runs (its target and hooks), checked when a type
 //!   is made and called as the type's owner
 //! - [`submit`]: `herald.submit_job`, in the caller's transaction
+//! - [`store`]: job rows inserted directly (heap and index entries, no statement)
 //! - [`lifecycle`]: every state change, each one guarded UPDATE that emits a JOB event;
 //!   claims (`herald.claim_next_job`), runs, completion, abort, retry, rescue
 //! - [`alerts`]: WAIT_TIMEOUT and LONG_RUNNING, each once per run
@@ -26,6 +27,7 @@ pub mod alerts;
 pub mod callee;
 pub mod lifecycle;
 pub mod mail;
+pub mod store;
 pub mod submit;
 pub mod types;
 pub mod wait;

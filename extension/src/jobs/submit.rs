@@ -5,11 +5,12 @@ use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode as Code;
 
-use super::{callee, class_key, wake_managers_at_commit};
+use super::{callee, class_key, store, wake_managers_at_commit};
 use crate::core::advisory::KeySpace;
 use crate::core::catalog;
+use crate::core::datum::JsonbDatum;
 use crate::core::errors::{self, raise};
-use crate::core::plans;
+use crate::core::lookup;
 use crate::listeners::event_types::is_admin;
 
 /// What submitting needs of a job type.
@@ -22,43 +23,84 @@ struct TypeFacts {
     limited: bool,
 }
 
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_herald_submit_job() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
 /// `herald.submit_job(type, params, concurrency_key, notify_email, run_after)`: queue a job;
 /// returns its id. Runs the type's `after_creation` hook in this transaction (its error
-/// rolls the submit back). (Its SQL is written out so that the first parameter is called
-/// `type`, as the contract names it, for `herald.submit_job(type => ...)`.)
-#[pg_extern(
-    volatile,
-    parallel_unsafe,
-    sql = r#"
-CREATE FUNCTION "submit_job"(
-    "type" TEXT,
-    "params" jsonb DEFAULT '{}',
-    "concurrency_key" TEXT DEFAULT NULL,
-    "notify_email" TEXT DEFAULT NULL,
-    "run_after" timestamp with time zone DEFAULT NULL
-) RETURNS bigint
-VOLATILE PARALLEL UNSAFE
-LANGUAGE c
-AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
-"#
-)]
-fn submit_job(
-    r#type: Option<&str>,
-    params: default!(Option<pgrx::JsonB>, "'{}'"),
-    concurrency_key: default!(Option<&str>, "NULL"),
-    notify_email: default!(Option<&str>, "NULL"),
-    run_after: default!(Option<TimestampWithTimeZone>, "NULL"),
-) -> i64 {
+/// rolls the submit back).
+///
+/// A submit is on the application's write path, so (like `herald.emit`) it is a plain
+/// C-convention function: `params` goes from the argument to the row untouched (no parse
+/// into serde values and back).
+///
+/// # Safety
+/// Called by the function manager, with a call frame for the SQL signature below.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn herald_submit_job(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: fmgr passes a valid call frame holding `nargs` arguments.
+    let args = unsafe { (*fcinfo).args.as_slice((*fcinfo).nargs as usize) };
+    let arg = |i: usize| args.get(i).filter(|a| !a.isnull).map(|a| a.value);
+    // SAFETY: arguments 0, 2 and 3 are declared `text`.
+    let text = |i: usize| arg(i).and_then(|d| unsafe { String::from_datum(d, false) });
     catalog::require_primary("herald.submit_job()");
-    let type_name = errors::required(r#type, "type");
-    let params = errors::required(params, "params");
-    if !params.0.is_object() {
+    let type_name = errors::required(text(0), "type");
+    let params = JsonbDatum(errors::required(arg(1), "params"));
+    let concurrency_key = text(2);
+    let notify_email = text(3);
+    // SAFETY: argument 4 is declared `timestamptz`, a by-value datum.
+    let run_after = arg(4).and_then(|d| unsafe { TimestampWithTimeZone::from_datum(d, false) });
+    // SAFETY: argument 1 is declared `jsonb`; the detoasted copy (if one is made) is read
+    // for its root header only.
+    let is_object = unsafe {
+        let jsonb = pg_sys::pg_detoast_datum(params.0.cast_mut_ptr()) as *const pg_sys::Jsonb;
+        (*jsonb).root.header & pg_sys::JB_FOBJECT != 0
+    };
+    if !is_object {
         raise(
             Code::ERRCODE_INVALID_PARAMETER_VALUE,
             "job params must be a JSON object",
             Some("For example '{\"company\": 10, \"period\": \"2026-11\"}'.".into()),
         );
     }
+    pg_sys::Datum::from(submit_job(
+        &type_name,
+        params,
+        concurrency_key.as_deref(),
+        notify_email.as_deref(),
+        run_after,
+    ))
+}
+
+extension_sql!(
+    r#"
+CREATE FUNCTION herald.submit_job(
+    "type" text,
+    params jsonb DEFAULT '{}',
+    concurrency_key text DEFAULT NULL,
+    notify_email text DEFAULT NULL,
+    run_after timestamptz DEFAULT NULL
+) RETURNS bigint LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'herald_submit_job';
+"#,
+    name = "submit_job",
+    requires = ["jobs_schema"],
+);
+
+fn submit_job(
+    type_name: &str,
+    params: JsonbDatum,
+    concurrency_key: Option<&str>,
+    notify_email: Option<&str>,
+    run_after: Option<TimestampWithTimeZone>,
+) -> i64 {
     if let Some(email) = notify_email {
         if !email.contains('@') || email.trim() != email || email.contains(['\r', '\n']) {
             raise(
@@ -72,61 +114,14 @@ fn submit_job(
         }
     }
     let me = catalog::current_user();
-    let admin = is_admin();
-    // The common case in one statement: the type exists, the caller may submit, and its
-    // class is unlimited (a limited class's lock must be taken before the job gets its
-    // id). Otherwise nothing is inserted, and the checks below say why or take the lock.
-    if let Some((id, facts)) = insert_job(
-        type_name,
-        &params,
-        concurrency_key,
-        notify_email,
-        run_after,
-        me,
-        admin,
-        false,
-    ) {
-        return created(id, &facts, params);
-    }
-    let facts = catalog::as_owner(|| {
-        Spi::connect(|client| {
-            let rows = plans::execute(
-                client,
-                "SELECT t.class, t.owner::pg_catalog.oid, t.after_creation::pg_catalog.oid,
-                        t.startnow,
-                        pg_catalog.pg_has_role($2, t.owner::pg_catalog.oid, 'USAGE')
-                          OR EXISTS (SELECT 1 FROM pg_catalog.unnest(t.submit_roles) r
-                                      WHERE pg_catalog.pg_has_role($2, r::pg_catalog.oid, 'USAGE')),
-                        -- (a built-in class without a setting row is unlimited)
-                        EXISTS (SELECT 1 FROM herald.job_class_setting c
-                                 WHERE c.name OPERATOR(pg_catalog.=) t.class
-                                   AND c.max_running IS NOT NULL)
-                   FROM herald.job_type t
-                  WHERE t.name OPERATOR(pg_catalog.=) $1",
-                &[pg_sys::TEXTOID, pg_sys::OIDOID],
-                &[type_name.into_datum(), me.into_datum()],
-            );
-            if rows.is_empty() {
-                return None;
-            }
-            Some(TypeFacts {
-                class: rows.get::<String>(0, 1).unwrap_or_default(),
-                owner: rows.get::<pg_sys::Oid>(0, 2).unwrap_or(pg_sys::InvalidOid),
-                after_creation: rows.get::<pg_sys::Oid>(0, 3),
-                startnow: rows.get::<bool>(0, 4).unwrap_or(false),
-                may_submit: rows.get::<bool>(0, 5).unwrap_or(false),
-                limited: rows.get::<bool>(0, 6).unwrap_or(false),
-            })
-        })
-    });
-    let Some(facts) = facts else {
+    let Some(facts) = type_facts(type_name, me) else {
         raise(
             Code::ERRCODE_UNDEFINED_OBJECT,
             format!("job type \"{}\" does not exist", errors::shown(type_name)),
             Some("Create it with herald.create_job_type(); see herald.job_type.".into()),
         );
     };
-    if !admin && !facts.may_submit {
+    if !facts.may_submit && !is_admin() {
         raise(
             Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!(
@@ -143,35 +138,18 @@ fn submit_job(
     if facts.limited {
         // A claim of this class waits for no submitter but skips the class while one is
         // in flight, so that jobs start in id order (see lifecycle::claim_next_job); the
-        // commit wakes the managers.
+        // commit wakes the managers. The lock is taken before the job gets its id.
         KeySpace::JobClass.lock_for_transaction(class_key(&facts.class), pg_sys::ShareLock);
     }
-    // (Its lock taken, the class may have a job inserted; the checks were made above.)
-    let Some((id, _)) = insert_job(
+    let id = store::insert(&store::NewJob {
         type_name,
-        &params,
+        class: &facts.class,
+        params,
         concurrency_key,
         notify_email,
+        submitted_by: me,
         run_after,
-        me,
-        admin,
-        true,
-    ) else {
-        raise(
-            Code::ERRCODE_UNDEFINED_OBJECT,
-            format!(
-                "job type \"{}\" was dropped meanwhile",
-                errors::shown(type_name)
-            ),
-            None,
-        );
-    };
-    created(id, &facts, params)
-}
-
-/// A job was inserted: its type's `after_creation` hook, and the managers' wake-up at
-/// commit if it may start now.
-fn created(id: i64, facts: &TypeFacts, params: pgrx::JsonB) -> i64 {
+    });
     if let Some(hook) = facts.after_creation {
         callee::call_hook(hook, facts.owner, id, params, None);
     }
@@ -181,62 +159,38 @@ fn created(id: i64, facts: &TypeFacts, params: pgrx::JsonB) -> i64 {
     id
 }
 
-/// Insert the job if its type exists, `me` may submit it (or is an administrator) and its
-/// class is unlimited (or `limited_ok`: the caller holds the class lock), in one
-/// statement (`submit_job.sql`); its id and what the rest of the submit needs of the
-/// type. None: nothing was inserted.
-#[allow(clippy::too_many_arguments)]
-fn insert_job(
-    type_name: &str,
-    params: &pgrx::JsonB,
-    concurrency_key: Option<&str>,
-    notify_email: Option<&str>,
-    run_after: Option<TimestampWithTimeZone>,
-    me: pg_sys::Oid,
-    admin: bool,
-    limited_ok: bool,
-) -> Option<(i64, TypeFacts)> {
-    use pg_sys::{BOOLOID, JSONBOID, OIDOID, TEXTOID, TIMESTAMPTZOID};
-    catalog::as_owner(|| {
-        Spi::connect(|client| {
-            let rows = plans::execute(
-                client,
-                include_str!("submit_job.sql"),
-                &[
-                    TEXTOID,
-                    JSONBOID,
-                    TEXTOID,
-                    TEXTOID,
-                    OIDOID,
-                    TIMESTAMPTZOID,
-                    BOOLOID,
-                    BOOLOID,
-                ],
-                &[
-                    type_name.into_datum(),
-                    pgrx::JsonB(params.0.clone()).into_datum(),
-                    concurrency_key.into_datum(),
-                    notify_email.into_datum(),
-                    me.into_datum(),
-                    run_after.into_datum(),
-                    admin.into_datum(),
-                    limited_ok.into_datum(),
-                ],
-            );
-            if rows.is_empty() {
-                return None;
-            }
-            Some((
-                rows.get::<i64>(0, 1)?,
-                TypeFacts {
-                    class: rows.get::<String>(0, 2).unwrap_or_default(),
-                    owner: rows.get::<pg_sys::Oid>(0, 3).unwrap_or(pg_sys::InvalidOid),
-                    after_creation: rows.get::<pg_sys::Oid>(0, 4),
-                    startnow: rows.get::<bool>(0, 5).unwrap_or(false),
-                    may_submit: true,
-                    limited: false,
-                },
-            ))
-        })
+/// What submitting needs of job type `name`, read with the statement's snapshot straight
+/// through the keys of `herald.job_type` and `herald.job_class_setting` (a submit is on the
+/// application's write path; a query per submit cost as much as the rest of it). None if
+/// there is no such type.
+fn type_facts(name: &str, me: pg_sys::Oid) -> Option<TypeFacts> {
+    let job_type = catalog::relation(c"job_type");
+    let job_type_key = catalog::relation(c"job_type_pkey");
+    let mut facts = lookup::by_text_key(job_type, job_type_key, name, |row| {
+        let owner = row
+            .get::<pg_sys::Oid>("owner")
+            .unwrap_or(pg_sys::InvalidOid);
+        let submit_roles = row
+            .get::<Vec<pg_sys::Oid>>("submit_roles")
+            .unwrap_or_default();
+        TypeFacts {
+            class: row.get::<String>("class").unwrap_or_default(),
+            owner,
+            after_creation: row.get::<pg_sys::Oid>("after_creation"),
+            startnow: row.get::<bool>("startnow").unwrap_or(false),
+            may_submit: catalog::has_privs_of_role(me, owner)
+                || submit_roles
+                    .iter()
+                    .any(|r| catalog::has_privs_of_role(me, *r)),
+            limited: false,
+        }
+    })?;
+    // (A built-in class without a setting row is unlimited.)
+    let setting = catalog::relation(c"job_class_setting");
+    let setting_key = catalog::relation(c"job_class_setting_pkey");
+    facts.limited = lookup::by_text_key(setting, setting_key, &facts.class, |row| {
+        row.get::<i32>("max_running").is_some()
     })
+    .unwrap_or(false);
+    Some(facts)
 }

@@ -135,6 +135,76 @@ mod tests {
         assert_eq!(claim(), None);
     }
 
+    /// Submits insert job rows directly while the table is Herald's own, and through a
+    /// statement (which honours everything) once a DBA has added a trigger, a CHECK on a
+    /// supplied column or an index of their own: the rows are the same, every index gets
+    /// its entries (claims find the jobs) and the DBA's additions are obeyed.
+    #[pg_test]
+    fn a_submitted_row_is_the_same_whatever_was_added_to_the_job_table() {
+        fixture();
+        run("SELECT herald.create_job_type('w', 'app.work')");
+        let row = |id: i64| {
+            one::<String>(&format!(
+                "SELECT concat_ws(' ', type, class, params, state, attempts, mail_attempts,
+                                  concurrency_key, notify_email, submitted_by, node,
+                                  submitted_at = now(), run_after = now())
+                   FROM herald.job WHERE id = {id}"
+            ))
+            .unwrap()
+        };
+        let direct = one::<i64>(
+            "SELECT herald.submit_job('w', '{\"n\": 1}', concurrency_key => 'k',
+                                      notify_email => 'a@b.example')",
+        )
+        .unwrap();
+        run("CREATE TABLE app.seen (job bigint)");
+        run(
+            "CREATE FUNCTION app.seen() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN INSERT INTO app.seen VALUES (NEW.id); RETURN NEW; END $$",
+        );
+        run("CREATE TRIGGER seen AFTER INSERT ON herald.job FOR EACH ROW EXECUTE FUNCTION app.seen()");
+        let with_trigger = one::<i64>(
+            "SELECT herald.submit_job('w', '{\"n\": 1}', concurrency_key => 'k',
+                                      notify_email => 'a@b.example')",
+        )
+        .unwrap();
+        assert_eq!(row(direct), row(with_trigger));
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM app.seen WHERE job = {with_trigger}"
+            )),
+            1,
+            "the trigger fired"
+        );
+        run("DROP TRIGGER seen ON herald.job");
+        run("ALTER TABLE herald.job ADD CONSTRAINT no_w CHECK (type <> 'w') NOT VALID");
+        assert_error("SELECT herald.submit_job('w')", "no_w");
+        run("ALTER TABLE herald.job DROP CONSTRAINT no_w");
+        // An index of the DBA's own whose predicate no new job meets gets no entries; the
+        // others do: with sequential scans off, every job is found through Herald's.
+        run("CREATE INDEX ended ON herald.job (id) WHERE state = 'COMPLETED'");
+        let third = submit("w");
+        run("SET LOCAL enable_seqscan = off");
+        run("SET LOCAL enable_bitmapscan = off");
+        assert_eq!(
+            count("SELECT count(*) FROM herald.job WHERE state = 'CREATED' AND class = 'default'"),
+            3
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM herald.job WHERE state = 'COMPLETED'"),
+            0
+        );
+        run("RESET enable_seqscan");
+        run("RESET enable_bitmapscan");
+        let mut claimed = vec![];
+        while let Some(id) = claim() {
+            claimed.push(id);
+            run(&format!("SELECT herald.run_job({id})"));
+        }
+        claimed.sort();
+        assert_eq!(claimed, vec![direct, with_trigger, third]);
+    }
+
     #[pg_test]
     fn illegal_transitions_are_refused_with_the_state_named() {
         fixture();

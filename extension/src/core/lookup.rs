@@ -1,0 +1,97 @@
+//! Reading one row of a table by the value of its text primary key, straight through the
+//! key's index: no statement, no plan, no executor round. For hot paths that would
+//! otherwise run a one-row `SELECT ... WHERE key = $1` per call.
+//!
+//! The row is read with the active snapshot (the calling statement's), exactly as that
+//! `SELECT` would read it. No privileges or row-level security are checked: callers are
+//! the extension's own bookkeeping on its own tables, which runs as their owner anyway.
+use pgrx::prelude::*;
+use std::ffi::CStr;
+
+use super::relation::OpenTable;
+
+/// The row found, readable column by column while the lookup's closure runs.
+pub struct Row {
+    tuple: pg_sys::HeapTuple,
+    desc: pg_sys::TupleDesc,
+}
+
+impl Row {
+    /// Column `name` of the row (None if NULL). Raises if the table has no such column.
+    pub fn get<T: FromDatum>(&self, name: &str) -> Option<T> {
+        let attnum = self.attnum(name);
+        let mut isnull = false;
+        // SAFETY: the tuple and its descriptor stay valid while the closure given to
+        // `by_text_key` runs (the scan is open and holds the buffer pin); `attnum` is a
+        // live column of that descriptor. `from_datum` copies what it keeps (varlena
+        // values are detoasted into the current memory context).
+        unsafe {
+            let datum = pg_sys::heap_getattr(self.tuple, attnum, self.desc, &mut isnull);
+            T::from_datum(datum, isnull)
+        }
+    }
+
+    fn attnum(&self, name: &str) -> i32 {
+        // SAFETY: `desc` is the open table's descriptor; its `natts` attributes are valid.
+        unsafe {
+            let desc = &*self.desc;
+            for i in 0..desc.natts as usize {
+                let att = &*desc.attrs.as_ptr().add(i);
+                if !att.attisdropped
+                    && CStr::from_ptr(att.attname.data.as_ptr()).to_bytes() == name.as_bytes()
+                {
+                    return i as i32 + 1;
+                }
+            }
+        }
+        panic!("column \"{name}\" is missing");
+    }
+}
+
+/// Look up the row of `table` whose text column indexed first by the unique btree index
+/// `index` equals `key`, and hand it to `f`. None if there is none.
+pub fn by_text_key<R>(
+    table: pg_sys::Oid,
+    index: pg_sys::Oid,
+    key: &str,
+    f: impl FnOnce(&Row) -> R,
+) -> Option<R> {
+    let open = OpenTable::open(table, pg_sys::AccessShareLock);
+    // SAFETY: the table is open (and locked) for the whole scan. The scan key compares the
+    // index's first column with `texteq` under the default collation, the one Herald's text
+    // keys are declared with. The snapshot is the active one when there is one (a SQL
+    // call's), else the transaction's; systable_beginscan registers it for the scan. The
+    // tuple returned is valid until the next getnext or the end of the scan, and `f` (which
+    // only reads it through `Row`) runs before either.
+    unsafe {
+        let text = pg_sys::cstring_to_text_with_len(key.as_ptr().cast(), key.len() as i32);
+        let mut scankey: pg_sys::ScanKeyData = std::mem::zeroed();
+        pg_sys::ScanKeyEntryInitialize(
+            &mut scankey,
+            0,
+            1,
+            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+            pg_sys::InvalidOid,
+            pg_sys::DEFAULT_COLLATION_OID,
+            pg_sys::Oid::from(pg_sys::F_TEXTEQ),
+            pg_sys::Datum::from(text),
+        );
+        let snapshot = if pg_sys::ActiveSnapshotSet() {
+            pg_sys::GetActiveSnapshot()
+        } else {
+            pg_sys::GetTransactionSnapshot()
+        };
+        let scan = pg_sys::systable_beginscan(open.rel(), index, true, snapshot, 1, &mut scankey);
+        let tuple = pg_sys::systable_getnext(scan);
+        let result = if tuple.is_null() {
+            None
+        } else {
+            Some(f(&Row {
+                tuple,
+                desc: (*open.rel()).rd_att,
+            }))
+        };
+        pg_sys::systable_endscan(scan);
+        result
+    }
+}
