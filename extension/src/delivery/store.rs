@@ -116,8 +116,12 @@ impl Layout {
                 let old = pg_sys::MemoryContextSwitchTo(context);
                 let info = pg_sys::BuildIndexInfo(index);
                 pg_sys::MemoryContextSwitchTo(old);
+                // (Only btrees: GIN, GiST and BRIN cache state in the IndexInfo that points
+                // into the index's relcache entry, which may go while the layout stays.)
+                let btree = (*(*index).rd_rel).relam == pg_sys::BTREE_AM_OID;
                 pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
-                plain &= (*info).ii_ReadyForInserts
+                plain &= btree
+                    && (*info).ii_ReadyForInserts
                     && (*info).ii_Expressions.is_null()
                     && (*info).ii_Predicate.is_null()
                     && (*info).ii_ExclusionOps.is_null();

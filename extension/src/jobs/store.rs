@@ -8,10 +8,11 @@
 //! as it is, into a [`Layout`]: the columns a submit supplies, the defaults of the others
 //! (each must fold to a constant: `'CREATED'`, `0`, NULL), and, on a row of those constants,
 //! the table's CHECK constraints (each must hold) and the predicates of its partial indexes
-//! (which ones a new job enters). A table that does not fit (a trigger, a CHECK or index
-//! predicate on a supplied column, an index on an expression or still being built, forced
-//! row security, a default that is not a constant) gets an INSERT statement instead, which
-//! does everything a statement does. A change to the table (relcache invalidation) forgets
+//! (which ones a new job enters). A table that does not fit (a trigger or rule, a CHECK
+//! or index predicate on a supplied column or not immutable, an index that is not a plain
+//! btree or is still being built, forced row security, a default that is not a constant,
+//! a column of another type or a domain, a partition) gets an INSERT statement instead,
+//! which does everything a statement does. A change to the table (relcache invalidation) forgets
 //! the layout.
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
@@ -117,6 +118,20 @@ enum Source {
 }
 
 impl Source {
+    /// The type a supplied column must have for the direct way.
+    fn type_oid(self) -> pg_sys::Oid {
+        match self {
+            Source::Id => pg_sys::INT8OID,
+            Source::Type | Source::Class | Source::ConcurrencyKey | Source::NotifyEmail => {
+                pg_sys::TEXTOID
+            }
+            Source::Params => pg_sys::JSONBOID,
+            Source::SubmittedBy => pg_sys::REGROLEOID,
+            Source::SubmittedAt | Source::RunAfter => pg_sys::TIMESTAMPTZOID,
+            Source::Constant(..) => pg_sys::InvalidOid,
+        }
+    }
+
     /// The source of a supplied column, by name.
     fn supplied(name: &[u8]) -> Option<Source> {
         Some(match name {
@@ -228,20 +243,43 @@ impl Direct {
         // constant row is made and freed here.
         unsafe {
             let form = &*(*rel).rd_rel;
-            if !(*rel).trigdesc.is_null() || (form.relrowsecurity && form.relforcerowsecurity) {
+            if !(*rel).trigdesc.is_null()
+                || form.relhasrules
+                || form.relispartition
+                || (form.relrowsecurity && form.relforcerowsecurity)
+            {
                 return None;
             }
             let desc = (*rel).rd_att;
             let natts = (*desc).natts as usize;
             let attrs = (*desc).attrs.as_slice(natts);
-            let old = pg_sys::MemoryContextSwitchTo(context);
+            // (Switched back when this returns or unwinds: the layout's context is deleted
+            // if building it fails, and must not be current then.)
+            let _in_context = InContext::switch_to(context);
             let mut sources = Vec::with_capacity(natts);
             let mut id_sequence = pg_sys::InvalidOid;
             let mut fits = true;
             for att in attrs {
                 let name = CStr::from_ptr(att.attname.data.as_ptr()).to_bytes();
-                let source = match Source::supplied(name) {
-                    _ if att.attisdropped => Source::Constant(pg_sys::Datum::from(0), true),
+                let supplied = Source::supplied(name);
+                if att.attisdropped {
+                    sources.push(Source::Constant(pg_sys::Datum::from(0), true));
+                    continue;
+                }
+                // A supplied column of another type than Herald's (or a domain, whose
+                // constraints a statement would check) is for the statement.
+                let typed = match supplied {
+                    Some(source) => att.atttypid == source.type_oid() && att.atttypmod == -1,
+                    None => {
+                        pg_sys::get_typtype(att.atttypid)
+                            != pg_sys::TYPTYPE_DOMAIN as std::ffi::c_char
+                    }
+                };
+                if !typed {
+                    fits = false;
+                    break;
+                }
+                let source = match supplied {
                     _ if att.attgenerated != 0 => {
                         fits = false;
                         break;
@@ -275,6 +313,10 @@ impl Direct {
                             break;
                         }
                         let constant = &*folded.cast::<pg_sys::Const>();
+                        if constant.constisnull && att.attnotnull {
+                            fits = false;
+                            break;
+                        }
                         Source::Constant(constant.constvalue, constant.constisnull)
                     }
                     None if att.attnotnull => {
@@ -285,7 +327,7 @@ impl Direct {
                 };
                 sources.push(source);
             }
-            let direct = if fits && id_sequence != pg_sys::InvalidOid {
+            if fits && id_sequence != pg_sys::InvalidOid {
                 Constant::test(rel, &sources).map(|indexes| Direct {
                     sources,
                     id_sequence,
@@ -293,9 +335,7 @@ impl Direct {
                 })
             } else {
                 None
-            };
-            pg_sys::MemoryContextSwitchTo(old);
-            direct
+            }
         }
     }
 
@@ -371,6 +411,29 @@ impl Direct {
     }
 }
 
+/// The current memory context switched to another until dropped (also when unwinding).
+struct InContext {
+    old: pg_sys::MemoryContext,
+}
+
+impl InContext {
+    /// # Safety
+    /// `context` is a valid memory context that outlives the guard.
+    unsafe fn switch_to(context: pg_sys::MemoryContext) -> InContext {
+        // SAFETY: as the caller promises.
+        let old = unsafe { pg_sys::MemoryContextSwitchTo(context) };
+        InContext { old }
+    }
+}
+
+impl Drop for InContext {
+    fn drop(&mut self) {
+        // SAFETY: `old` was current when the guard was made and is a live context (the
+        // caller's, which outlives this call).
+        unsafe { pg_sys::MemoryContextSwitchTo(self.old) };
+    }
+}
+
 fn form_oid(rel: pg_sys::Relation) -> pg_sys::Oid {
     // SAFETY: an open relation's descriptor.
     unsafe { (*rel).rd_id }
@@ -432,7 +495,9 @@ impl Constant {
                 }
                 let mut isnull = false;
                 let evalfunc = (*state).evalfunc.expect("a prepared expression");
+                let old = pg_sys::MemoryContextSwitchTo((*econtext).ecxt_per_tuple_memory);
                 let value = ffi::guarded(|| evalfunc(state, econtext, &mut isnull));
+                pg_sys::MemoryContextSwitchTo(old);
                 (value.value() != 0, isnull)
             };
             let result = (|| {
@@ -441,7 +506,8 @@ impl Constant {
                     for i in 0..(*constr).num_check as usize {
                         let check = &*(*constr).check.add(i);
                         let expr = pg_sys::stringToNode(check.ccbin).cast::<pg_sys::Node>();
-                        if !constant_only(expr) {
+                        // (Tested once for every row: only if its outcome cannot change.)
+                        if !constant_only(expr) || pg_sys::contain_mutable_functions(expr) {
                             return None;
                         }
                         let planned = pg_sys::expression_planner(expr.cast());
@@ -466,8 +532,13 @@ impl Constant {
                         pg_sys::index_open(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
                     let info = pg_sys::BuildIndexInfo(index);
                     let immediate = (*(*index).rd_index).indimmediate;
+                    // A btree keeps nothing of its own in the IndexInfo (GIN, GiST and BRIN
+                    // cache state there that points into the index's relcache entry, which
+                    // may go while the layout stays).
+                    let btree = (*(*index).rd_rel).relam == pg_sys::BTREE_AM_OID;
                     pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
-                    if !(*info).ii_ReadyForInserts
+                    if !btree
+                        || !(*info).ii_ReadyForInserts
                         || !(*info).ii_Expressions.is_null()
                         || !(*info).ii_ExclusionOps.is_null()
                         || ((*info).ii_Unique && !immediate)
