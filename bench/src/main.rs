@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use herald_coordinator::cluster::{find_bindir, ClusterOptions, PgCluster};
 
 mod jobs;
+mod reports;
 
 const SECONDS: u64 = 10;
 const BACKLOG: i32 = 50_000;
@@ -156,6 +157,11 @@ async fn run() -> Result<(), String> {
     // 7. jobs
     if wanted("jobs") {
         jobs::run(&cluster, &db, &herald_bin, seconds).await?;
+    }
+
+    // 8. reports
+    if wanted("reports") {
+        reports::run(&cluster, &db, &herald_bin).await?;
     }
 
     // 5. scale (docs/scaling.md)

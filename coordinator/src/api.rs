@@ -279,7 +279,8 @@ pub async fn coordinator_nodes(client: &Client) -> Result<Vec<NodeConnections>, 
 /// How a job's work is done.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Runner {
-    /// A function or procedure in the database: `herald.run_job` on the claiming connection.
+    /// Work done in the database by `herald.run_job` on the claiming connection: a function
+    /// or procedure (`sql`), or a report's generation (`report`).
     Sql,
     /// An OS command run by the coordinator.
     Command,
@@ -325,6 +326,9 @@ pub async fn claim_next_job(
     row.map(|row| claimed_from(&row, 0)).transpose()
 }
 
+/// The runners whose jobs `herald.run_job` runs in the database.
+const IN_DATABASE: [&str; 2] = ["sql", "report"];
+
 const CLAIM_NEXT_JOB: &str = "SELECT id, job_type, runner, target, params::text, newthread
                                 FROM herald.claim_next_job($1, $2, $3)";
 const RUN_JOB_AND_CLAIM: &str =
@@ -349,9 +353,9 @@ impl SqlRunner {
         })
     }
 
-    /// `herald.claim_next_job(node, '{sql}', inline)`.
+    /// `herald.claim_next_job(node, '{sql,report}', inline)`: the jobs run in the database.
     pub async fn claim(&self, node: &str, inline: bool) -> Result<Option<ClaimedJob>, ApiError> {
-        let runners = [Runner::Sql.as_str()];
+        let runners = IN_DATABASE;
         let row = self
             .client
             .query_opt(&self.claim, &[&node, &runners.as_slice(), &inline])
@@ -383,7 +387,7 @@ impl SqlRunner {
 /// (as text), newthread.
 fn claimed_from(row: &tokio_postgres::Row, at: usize) -> Result<ClaimedJob, ApiError> {
     let runner = match row.get::<_, &str>(at + 2) {
-        "sql" => Runner::Sql,
+        "sql" | "report" => Runner::Sql,
         "command" => Runner::Command,
         other => {
             return Err(ApiError::Unexpected {
@@ -631,4 +635,146 @@ pub async fn record_job_mail(
         )
         .await?
         .get(0))
+}
+
+/// An output record this connection claimed (`herald.claim_output`): `sending`, with the
+/// epoch its end must be recorded with.
+#[derive(Clone, Debug)]
+pub struct ClaimedOutput {
+    pub id: i64,
+    pub epoch: i64,
+    pub group_id: Option<i64>,
+    pub job: Option<i64>,
+    /// The group's name, or the report's (for a report without a group).
+    pub name: String,
+    pub channel: String,
+    /// `file`, `print` or `email`.
+    pub kind: String,
+    pub target: String,
+    pub options: serde_json::Value,
+    /// Output again as a copy (an operator's reprint).
+    pub as_copy: bool,
+    /// The jobs whose artefacts go out, in member order.
+    pub members: Vec<i64>,
+    /// Failed members left out (an `output_partial` group).
+    pub failed: Vec<i64>,
+}
+
+/// `herald.claim_output(node, kinds)`: claim the oldest pending output of a channel of one
+/// of `kinds`.
+pub async fn claim_output(
+    client: &Client,
+    node: &str,
+    kinds: &[&str],
+) -> Result<Option<ClaimedOutput>, ApiError> {
+    let row = client
+        .query_opt(
+            "SELECT id, epoch, group_id, job, name, channel, kind, target, options::text,
+                    as_copy, members, failed
+               FROM herald.claim_output($1, $2)",
+            &[&node, &kinds],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let options: &str = row.get(8);
+    Ok(Some(ClaimedOutput {
+        id: row.get(0),
+        epoch: row.get(1),
+        group_id: row.get(2),
+        job: row.get(3),
+        name: row.get(4),
+        channel: row.get(5),
+        kind: row.get(6),
+        target: row.get(7),
+        options: serde_json::from_str(options).map_err(|_| ApiError::Unexpected {
+            call: "claim_output",
+            value: options.to_string(),
+        })?,
+        as_copy: row.get(9),
+        members: row.get(10),
+        failed: row.get(11),
+    }))
+}
+
+/// One artefact of an output (`herald.output_artefacts`).
+#[derive(Clone, Debug)]
+pub struct Artefact {
+    pub job: i64,
+    pub report: String,
+    pub format: String,
+    pub checksum: String,
+    pub content: Vec<u8>,
+}
+
+/// `herald.output_artefacts(output)`: the artefacts an output sends, in member order.
+pub async fn output_artefacts(client: &Client, output: i64) -> Result<Vec<Artefact>, ApiError> {
+    Ok(client
+        .query(
+            "SELECT job, report, format, checksum, content FROM herald.output_artefacts($1)",
+            &[&output],
+        )
+        .await?
+        .iter()
+        .map(|r| Artefact {
+            job: r.get(0),
+            report: r.get(1),
+            format: r.get(2),
+            checksum: r.get(3),
+            content: r.get(4),
+        })
+        .collect())
+}
+
+/// `herald.record_output`: the end of an output this connection claimed (`sent`, or
+/// `failed` with `error`); false if the claim was superseded (its epoch is stale).
+pub async fn record_output(
+    client: &Client,
+    output: &ClaimedOutput,
+    sent: bool,
+    checksum: Option<&str>,
+    error: Option<&str>,
+) -> Result<bool, ApiError> {
+    let state = if sent { "sent" } else { "failed" };
+    Ok(client
+        .query_one(
+            "SELECT herald.record_output($1, $2, $3, $4, $5)",
+            &[&output.id, &output.epoch, &state, &checksum, &error],
+        )
+        .await?
+        .get(0))
+}
+
+/// `herald.rescue_outputs`: resolve outputs whose node died mid-output; how many.
+pub async fn rescue_outputs(client: &Client) -> Result<i32, ApiError> {
+    Ok(client
+        .query_one("SELECT herald.rescue_outputs()", &[])
+        .await?
+        .get(0))
+}
+
+/// `herald.await_outputs`: sleep until an output may be due (true) or the timeout passes.
+pub async fn await_outputs(client: &Client, timeout_ms: i32) -> Result<bool, ApiError> {
+    Ok(client
+        .query_one("SELECT herald.await_outputs($1)", &[&timeout_ms])
+        .await?
+        .get(0))
+}
+
+/// `herald.output_callout`: a CALLOUT event for a device call of an output this connection
+/// has claimed.
+pub async fn output_callout(
+    client: &Client,
+    output: i64,
+    action: &str,
+    details: &serde_json::Value,
+) -> Result<(), ApiError> {
+    client
+        .execute(
+            "SELECT herald.output_callout($1, $2, $3::text::jsonb)",
+            &[&output, &action, &details.to_string()],
+        )
+        .await?;
+    Ok(())
 }

@@ -43,7 +43,8 @@ pub struct RunArgs {
     #[arg(long, env = "HERALD_JOB_RUNNERS", default_value_t = 4)]
     pub job_runners: usize,
     /// The most connections this coordinator opens, however many queues it drains and jobs
-    /// it runs (at least 5: control, job manager, job claims, one runner, one queue lane).
+    /// it runs (at least 6: control, job manager, job claims, output, one runner, one
+    /// queue lane).
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 16)]
     pub max_connections: usize,
     /// The mail server for jobs' outcome mails (`notify_email`): smtp://host[:port]
@@ -51,13 +52,18 @@ pub struct RunArgs {
     /// Without it this coordinator sends no mails (others may).
     #[arg(long, env = "HERALD_SMTP_URL")]
     pub smtp_url: Option<String>,
-    /// The sender of outcome mails.
+    /// The sender of outcome mails and report mails.
     #[arg(
         long,
         env = "HERALD_MAIL_FROM",
         default_value = "Herald <herald@localhost>"
     )]
     pub mail_from: String,
+    /// The directory file channels write report output into (each channel's target is a
+    /// directory under it). Without it this coordinator writes no report files (others
+    /// may); all coordinators of a cluster should see the same directory.
+    #[arg(long, env = "HERALD_SPOOL_DIR")]
+    pub spool_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -87,9 +93,10 @@ pub enum ConfigError {
     BadMail(String),
 }
 
-/// How a coordinator spends its connections (`--max-connections`): three fixed ones (the
-/// control connection, the job manager's, and the one holding the claims of `command`
-/// jobs), runner connections for `sql` jobs, and queue lanes, each draining many queues.
+/// How a coordinator spends its connections (`--max-connections`): four fixed ones (the
+/// control connection, the job manager's, the one holding the claims of `command` jobs,
+/// and the output worker's), runner connections for `sql` and `report` jobs, and queue
+/// lanes, each draining many queues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budget {
     /// Connections that run `sql` jobs (each runs one at a time).
@@ -99,7 +106,7 @@ pub struct Budget {
 }
 
 impl Budget {
-    const FIXED: usize = 3;
+    const FIXED: usize = 4;
     pub const MIN: usize = Budget::FIXED + 2;
 
     /// Split `max` connections: `sql` runners get up to half of what the fixed ones leave
@@ -131,6 +138,8 @@ pub struct RunConfig {
     pub budget: Budget,
     /// Where outcome mails go, if this coordinator sends them.
     pub mailer: Option<Mailer>,
+    /// Where file channels write, if this coordinator writes report files.
+    pub spool_dir: Option<std::path::PathBuf>,
 }
 
 impl RunConfig {
@@ -162,6 +171,7 @@ impl RunConfig {
             job_runners: args.job_runners,
             budget,
             mailer,
+            spool_dir: args.spool_dir.clone(),
         })
     }
 }
@@ -208,28 +218,29 @@ mod tests {
             max_connections: 16,
             smtp_url: None,
             mail_from: "Herald <herald@localhost>".into(),
+            spool_dir: None,
         }
     }
 
     #[test]
     fn the_connection_budget_splits_and_is_checked() {
         let b = Budget::new(16, 4).unwrap();
-        assert_eq!((b.sql_runners, b.lanes, b.total()), (4, 9, 16));
+        assert_eq!((b.sql_runners, b.lanes, b.total()), (4, 8, 16));
         // Runners never take more than half of what is left; lanes always get one.
-        let b = Budget::new(5, 100).unwrap();
-        assert_eq!((b.sql_runners, b.lanes, b.total()), (1, 1, 5));
+        let b = Budget::new(6, 100).unwrap();
+        assert_eq!((b.sql_runners, b.lanes, b.total()), (1, 1, 6));
         let b = Budget::new(40, 100).unwrap();
-        assert_eq!((b.sql_runners, b.lanes), (18, 19));
+        assert_eq!((b.sql_runners, b.lanes), (18, 18));
         assert!(matches!(
-            Budget::new(4, 4),
-            Err(ConfigError::BadMaxConnections(4))
+            Budget::new(5, 4),
+            Err(ConfigError::BadMaxConnections(5))
         ));
         let mut args = run_args(Some("host=x"), Some("a"));
         args.max_connections = 2;
         let e = RunConfig::from_args(&args).unwrap_err();
         assert!(
             e.to_string()
-                .contains("--max-connections must be between 5"),
+                .contains("--max-connections must be between 6"),
             "{e}"
         );
     }

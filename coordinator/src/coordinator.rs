@@ -1,8 +1,9 @@
 //! The coordinator: keeps a control connection (LISTEN herald_queues), and every second or
 //! on notification gives the running queues nobody drains to its queue lanes
 //! (`queues::claims`). When the database goes away everything is dropped and claimed again
-//! once it is back. Beside it runs the job manager (`jobs::manager`), with connections of
-//! its own. All of them together stay within `--max-connections` (`config::Budget`).
+//! once it is back. Beside it run the job manager (`jobs::manager`) and the output worker
+//! (`reports::output`), with connections of their own. All of them together stay within
+//! `--max-connections` (`config::Budget`).
 use std::time::Duration;
 use tracing::{instrument, Instrument};
 
@@ -11,6 +12,7 @@ use crate::config::RunConfig;
 use crate::db;
 use crate::jobs::manager::{self as job_manager, JobSettings};
 use crate::queues::claims::Claims;
+use crate::reports::{channels, output as report_output};
 use crate::service::{self, Backoff};
 use crate::shutdown::Shutdown;
 
@@ -82,8 +84,9 @@ impl Coordinator {
             first = false;
         }
         self.claims.stop().await;
-        if let Some(jobs) = jobs {
+        if let Some((jobs, outputs)) = jobs {
             let _ = jobs.await;
+            let _ = outputs.await;
         }
         tracing::info!("stopped");
         Ok(())
@@ -94,7 +97,7 @@ impl Coordinator {
         &mut self,
         first: bool,
         backoff: &mut Backoff,
-        jobs: &mut Option<tokio::task::JoinHandle<()>>,
+        jobs: &mut Option<(tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>)>,
     ) -> Result<(), RunError> {
         let (control, mut notifications) =
             db::connect_listening(&self.config.database, &self.config.node).await?;
@@ -107,14 +110,30 @@ impl Coordinator {
                 sql_runners: self.config.budget.sql_runners,
                 mailer: self.config.mailer.clone(),
             };
-            *jobs = Some(tokio::spawn(
-                job_manager::run(
-                    self.config.database.clone(),
-                    self.config.node.clone(),
-                    settings,
-                    self.shutdown.clone(),
-                )
-                .in_current_span(),
+            let outputs = report_output::OutputSettings {
+                spool_dir: self.config.spool_dir.clone(),
+                mailer: self.config.mailer.clone(),
+                print: channels::lp_available(),
+            };
+            *jobs = Some((
+                tokio::spawn(
+                    job_manager::run(
+                        self.config.database.clone(),
+                        self.config.node.clone(),
+                        settings,
+                        self.shutdown.clone(),
+                    )
+                    .in_current_span(),
+                ),
+                tokio::spawn(
+                    report_output::run(
+                        self.config.database.clone(),
+                        self.config.node.clone(),
+                        outputs,
+                        self.shutdown.clone(),
+                    )
+                    .in_current_span(),
+                ),
             ));
         }
         backoff.reset();

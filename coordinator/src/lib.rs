@@ -32,6 +32,7 @@ pub mod db;
 pub mod demo;
 pub mod jobs;
 pub mod queues;
+pub mod reports;
 pub mod service;
 pub mod shutdown;
 pub mod smtp;

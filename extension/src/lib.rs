@@ -16,8 +16,10 @@
 //! 6. [`delivery`]: one event to every listener of its type (queue, session or handler
 //!    now), event-row storage; shared by user events and every area's system events
 //! 7. areas, which never use each other: [`events`] (emit, capture, system listeners),
-//!    [`queues`] (drain, wait, resume) and [`jobs`] (types, classes, the lifecycle, claims,
-//!    alerts); reports, locks and monitor come next
+//!    [`queues`] (drain, wait, resume), [`jobs`] (types, classes, the lifecycle, claims,
+//!    alerts) and [`reports`] (reports, groups, artefacts, output records); they meet in
+//!    the layers below (the jobs area runs report jobs through [`model::runner`]); locks
+//!    and monitor come next
 //!
 //! SQL data definition lives in `sql/<area>/`, loaded in the order declared below.
 //!
@@ -47,6 +49,7 @@ pub mod jobs;
 pub mod listeners;
 pub mod model;
 pub mod queues;
+pub mod reports;
 pub mod sessions;
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -83,10 +86,15 @@ extension_sql_file!(
     requires = ["sessions_schema"]
 );
 extension_sql_file!(
+    "../../sql/reports/schema.sql",
+    name = "reports_schema",
+    requires = ["jobs_schema"]
+);
+extension_sql_file!(
     "../../sql/queues/triggers.sql",
     name = "queues_triggers",
     requires = [
-        "jobs_schema",
+        "reports_schema",
         queues::wait::_wake_queue,
         queues::wait::_wait_for_producers,
         listeners::_invalidate_listeners,
@@ -109,6 +117,8 @@ pub extern "C-unwind" fn _PG_init() {
     events::init();
     jobs::callee::init();
     jobs::store::init();
+    jobs::submit::init();
+    reports::init();
 }
 
 /// Required by `cargo pgrx test`.

@@ -31,6 +31,15 @@ GRANT EXECUTE ON FUNCTION herald.create_job_type(text, text, text, text, text, t
                           herald.abort_job(bigint, text),
                           herald.retry_job(bigint) TO herald_app;
 GRANT SELECT ON herald.job_type, herald.job_class TO herald_app;
+--    Reports: a role that defines a report owns it (its query runs as that role, read-only);
+--    groups are added to, sealed and released by their creator. Output channels are
+--    defined by administrators (they act on the coordinators' hosts).
+GRANT EXECUTE ON FUNCTION herald.report(text, text, text, text, interval, text, text[], integer),
+                          herald.drop_report(text),
+                          herald.submit_report(text, jsonb, bigint, text),
+                          herald.create_report_group(text, text, text),
+                          herald.seal_group(bigint), herald.release_group(bigint) TO herald_app;
+GRANT SELECT ON herald.report, herald.output_channel, herald.report_group TO herald_app;
 
 -- 2. Operators who create, tune, start, stop and resume queues, and read the log. A queue's
 --    listener_roles names the roles whose listeners may use it, e.g.
@@ -46,6 +55,10 @@ GRANT EXECUTE ON FUNCTION herald.resume_queue(text, text) TO herald_ops;
 GRANT SELECT, INSERT, UPDATE, DELETE ON herald.job_class TO herald_ops;
 GRANT SELECT ON herald.job, herald.job_type, herald.job_audit TO herald_ops;
 GRANT EXECUTE ON FUNCTION herald.abort_job(bigint, text), herald.retry_job(bigint) TO herald_ops;
+--    Reports: watch groups and output (reprinting an uncertain print and marking it done
+--    are for administrators).
+GRANT SELECT ON herald.report, herald.output_channel, herald.report_group, herald.report_job,
+                 herald.report_output TO herald_ops;
 
 -- 3. The login role the coordinators (`herald run`) use. It needs no table privileges:
 --    lookups do their bookkeeping as the extension owner and run handlers as their owners.
@@ -66,3 +79,10 @@ GRANT EXECUTE ON FUNCTION herald.claim_next_job(text, text[], boolean), herald.r
                           herald.claim_job_mail(text), herald.record_job_mail(bigint, text, text, text)
     TO herald_coordinator;
 GRANT SELECT ON herald.job, herald.job_class TO herald_coordinator;
+--    Reports: report jobs run through herald.run_job like sql jobs (their queries as the
+--    reports' owners); output: claiming, reading artefacts, recording, rescuing, waiting.
+GRANT EXECUTE ON FUNCTION herald.claim_output(text, text[]), herald.output_artefacts(bigint),
+                          herald.record_output(bigint, bigint, text, text, text),
+                          herald.rescue_outputs(), herald.await_outputs(integer),
+                          herald.output_callout(bigint, text, jsonb)
+    TO herald_coordinator;

@@ -92,9 +92,10 @@ CREATE TABLE herald.job_type (
     name              text PRIMARY KEY
         CONSTRAINT job_type_name_not_empty CHECK (pg_catalog.btrim(name) OPERATOR(pg_catalog.<>) ''),
     -- 'sql': call target(params jsonb) in the database; 'command': run the OS command
-    -- target with arguments from params (defined by Herald administrators only).
+    -- target with arguments from params (defined by Herald administrators only);
+    -- 'report': generate the report target (made by herald.report()).
     runner            text NOT NULL
-        CONSTRAINT job_type_runner CHECK (runner IN ('sql', 'command')),
+        CONSTRAINT job_type_runner CHECK (runner IN ('sql', 'command', 'report')),
     -- sql: the function or procedure, as regprocedure text; command: the program.
     target            text NOT NULL,
     -- A class of herald.job_class (checked when the type is made; a class in use cannot

@@ -1,7 +1,8 @@
 //! `herald demo`: the embedded default. A private PostgreSQL cluster, the extension, three
 //! coordinators, and an ERP-like stream of invoice and payment events from four producers;
 //! one coordinator is stopped half-way. Then it reports what was handled, where, in what
-//! order. Then ten users submit postings and reports at once ([`jobs`]).
+//! order. Then ten users submit postings and reports at once ([`jobs`]), and four
+//! coordinators output 500 groups of invoices exactly once to a file spool ([`reports`]).
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,7 @@ use crate::config::DemoArgs;
 use crate::db;
 
 mod jobs;
+mod reports;
 
 const SETUP: &str = r#"
 CREATE EXTENSION IF NOT EXISTS herald;
@@ -81,13 +83,22 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     );
 
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let spool = cluster.dir.join("spool");
     let mut nodes: Vec<Node> = Vec::new();
     for i in 1..=args.coordinators.max(1) {
         let name = format!("node-{i}");
         let log = std::fs::File::create(cluster.dir.join(format!("{name}.log")))
             .map_err(|e| e.to_string())?;
         let child = Command::new(&exe)
-            .args(["run", "--database-url", &url, "--node", &name])
+            .args([
+                "run",
+                "--database-url",
+                &url,
+                "--node",
+                &name,
+                "--spool-dir",
+            ])
+            .arg(&spool)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log)
@@ -147,6 +158,40 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     print_drainers(&admin, "  after the stop, queues are drained by:").await?;
     report(&admin, per_producer * producers, elapsed).await?;
     jobs::run(&admin, &config).await?;
+
+    // Four coordinators for the reports: the one stopped above is replaced, and more are
+    // started if the demo runs fewer.
+    let mut running = 0;
+    for node in &mut nodes {
+        if matches!(node.child.try_wait(), Ok(None)) {
+            running += 1;
+        }
+    }
+    let mut next = nodes.len() + 1;
+    while running < 4 {
+        let name = format!("node-{next}");
+        let log = std::fs::File::create(cluster.dir.join(format!("{name}.log")))
+            .map_err(|e| e.to_string())?;
+        let child = Command::new(&exe)
+            .args([
+                "run",
+                "--database-url",
+                &url,
+                "--node",
+                &name,
+                "--spool-dir",
+            ])
+            .arg(&spool)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start a coordinator: {e}"))?;
+        nodes.push(Node { name, child });
+        running += 1;
+        next += 1;
+    }
+    reports::run(&admin, &config, &spool, running).await?;
 
     for node in &mut nodes {
         unsafe { libc::kill(node.child.id() as i32, libc::SIGTERM) };

@@ -31,6 +31,17 @@ pub enum KeySpace {
     /// the class's limit holds across concurrent claims; key: the class name's hash.
     /// "HRLC".
     JobClass,
+    /// Held (transaction level) by whoever decides whether a report group is ready (the
+    /// transaction that ends a member, seals or releases the group), so that when the last
+    /// members end at once on two nodes only one of them sees the group ready; key: the
+    /// group's id mod 2^32. "HRLG".
+    ReportGroup,
+    /// Held (session level) by the coordinator connection that performs an output (the
+    /// output's claim); key: the output record's id mod 2^32. "HRLO".
+    OutputClaim,
+    /// Held shared (session level) by every coordinator's output worker while it waits for
+    /// work, so that a commit that makes an output due can wake them all; key: 0. "HRLW".
+    OutputWorkers,
 }
 
 impl KeySpace {
@@ -41,6 +52,9 @@ impl KeySpace {
         KeySpace::JobClaim,
         KeySpace::JobManagers,
         KeySpace::JobClass,
+        KeySpace::ReportGroup,
+        KeySpace::OutputClaim,
+        KeySpace::OutputWorkers,
     ];
 
     /// The first key of locks in this space. Numbers stay below 2^31 so that they read the
@@ -52,6 +66,9 @@ impl KeySpace {
             KeySpace::JobClaim => 0x4852_4C4A,
             KeySpace::JobManagers => 0x4852_4C4D,
             KeySpace::JobClass => 0x4852_4C43,
+            KeySpace::ReportGroup => 0x4852_4C47,
+            KeySpace::OutputClaim => 0x4852_4C4F,
+            KeySpace::OutputWorkers => 0x4852_4C57,
         }
     }
 
@@ -63,6 +80,9 @@ impl KeySpace {
             KeySpace::JobClaim => "job",
             KeySpace::JobManagers => "job_managers",
             KeySpace::JobClass => "job_class",
+            KeySpace::ReportGroup => "report_group",
+            KeySpace::OutputClaim => "output",
+            KeySpace::OutputWorkers => "output_workers",
         }
     }
 

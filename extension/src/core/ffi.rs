@@ -158,3 +158,48 @@ pub unsafe fn text_datum(s: &str) -> pg_sys::Datum {
         ))
     }
 }
+
+// Not in pgrx's bindings (utils/timeout.h); exported by the server. `STATEMENT_TIMEOUT` is
+// the fourth timeout reason in PostgreSQL 13 to 17. None of these raises.
+const STATEMENT_TIMEOUT: std::ffi::c_int = 3;
+unsafe extern "C" {
+    fn enable_timeout_after(id: std::ffi::c_int, delay_ms: std::ffi::c_int);
+    fn enable_timeout_at(id: std::ffi::c_int, fin_time: pg_sys::TimestampTz);
+    fn disable_timeout(id: std::ffi::c_int, keep_indicator: bool);
+    fn get_timeout_active(id: std::ffi::c_int) -> bool;
+    fn get_timeout_finish_time(id: std::ffi::c_int) -> pg_sys::TimestampTz;
+}
+
+/// The statement timeout that was armed before [`arm_statement_timeout`], to put back.
+pub struct ArmedTimeout {
+    outer: Option<pg_sys::TimestampTz>,
+}
+
+/// Arm the statement timeout to fire in `delay_ms` (or when the one already armed for the
+/// running statement fires, if sooner): a query run from here is cancelled then with
+/// "canceling statement due to statement timeout", as if the caller had set
+/// `statement_timeout`. Put the outer one back with [`restore_statement_timeout`].
+pub fn arm_statement_timeout(delay_ms: i32) -> ArmedTimeout {
+    // SAFETY: the timeout module's own bookkeeping, in this backend; nothing raises.
+    unsafe {
+        let outer = get_timeout_active(STATEMENT_TIMEOUT)
+            .then(|| get_timeout_finish_time(STATEMENT_TIMEOUT));
+        let fires = pg_sys::GetCurrentTimestamp() + delay_ms.max(1) as i64 * 1000;
+        match outer {
+            Some(at) if at <= fires => {}
+            _ => enable_timeout_after(STATEMENT_TIMEOUT, delay_ms.max(1)),
+        }
+        ArmedTimeout { outer }
+    }
+}
+
+/// Disarm what [`arm_statement_timeout`] armed and re-arm the outer timeout, if any.
+pub fn restore_statement_timeout(armed: ArmedTimeout) {
+    // SAFETY: as above.
+    unsafe {
+        disable_timeout(STATEMENT_TIMEOUT, false);
+        if let Some(at) = armed.outer {
+            enable_timeout_at(STATEMENT_TIMEOUT, at);
+        }
+    }
+}

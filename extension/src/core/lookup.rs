@@ -2,8 +2,9 @@
 //! key's index: no statement, no plan, no executor round. For hot paths that would
 //! otherwise run a one-row `SELECT ... WHERE key = $1` per call.
 //!
-//! The row is read with the active snapshot (the calling statement's), exactly as that
-//! `SELECT` would read it. No privileges or row-level security are checked: callers are
+//! The row is read with the latest snapshot, as that `SELECT` run through SPI from the
+//! calling statement would read it (READ COMMITTED: what has committed by now, and this
+//! transaction's own changes). No privileges or row-level security are checked: callers are
 //! the extension's own bookkeeping on its own tables, which runs as their owner anyway.
 use pgrx::prelude::*;
 use std::ffi::CStr;
@@ -48,50 +49,62 @@ impl Row {
     }
 }
 
-/// Look up the row of `table` whose text column indexed first by the unique btree index
-/// `index` equals `key`, and hand it to `f`. None if there is none.
+/// Look up the row of `table` whose text primary key (one column, `key_column`) equals
+/// `key`, and hand it to `f`. None if there is none.
 pub fn by_text_key<R>(
     table: pg_sys::Oid,
-    index: pg_sys::Oid,
+    key_column: &str,
     key: &str,
     f: impl FnOnce(&Row) -> R,
 ) -> Option<R> {
     let open = OpenTable::open(table, pg_sys::AccessShareLock);
-    // SAFETY: the table is open (and locked) for the whole scan. The scan key compares the
-    // index's first column with `texteq` under the default collation, the one Herald's text
-    // keys are declared with. The snapshot is the active one when there is one (a SQL
-    // call's), else the transaction's; systable_beginscan registers it for the scan. The
-    // tuple returned is valid until the next getnext or the end of the scan, and `f` (which
-    // only reads it through `Row`) runs before either.
+    let rel = open.rel();
+    // SAFETY: the table is open (and locked) for the whole scan; RelationGetIndexList fills
+    // its primary key index's oid. The scan key compares `key_column` (a table column
+    // number, which systable_beginscan maps to the index's) with `texteq` under the
+    // column's collation, which the primary key's index has. The snapshot is the latest
+    // (what a read-write query in the statement would read, as SPI takes it), registered
+    // for the scan and unregistered after it. The tuple returned is valid until the next
+    // getnext or the end of the scan, and `f` (which only reads it through `Row`) runs
+    // before either.
     unsafe {
+        let probe = Row {
+            tuple: std::ptr::null_mut(),
+            desc: (*rel).rd_att,
+        };
+        let attnum = probe.attnum(key_column);
+        let collation =
+            (*(*rel).rd_att).attrs.as_slice(attnum as usize)[attnum as usize - 1].attcollation;
+        pg_sys::RelationGetIndexList(rel);
+        let index = (*rel).rd_pkindex;
+        if index == pg_sys::InvalidOid {
+            panic!("table {table:?} has no primary key");
+        }
         let text = pg_sys::cstring_to_text_with_len(key.as_ptr().cast(), key.len() as i32);
         let mut scankey: pg_sys::ScanKeyData = std::mem::zeroed();
         pg_sys::ScanKeyEntryInitialize(
             &mut scankey,
             0,
-            1,
+            attnum as pg_sys::AttrNumber,
             pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
             pg_sys::InvalidOid,
-            pg_sys::DEFAULT_COLLATION_OID,
+            collation,
             pg_sys::Oid::from(pg_sys::F_TEXTEQ),
             pg_sys::Datum::from(text),
         );
-        let snapshot = if pg_sys::ActiveSnapshotSet() {
-            pg_sys::GetActiveSnapshot()
-        } else {
-            pg_sys::GetTransactionSnapshot()
-        };
-        let scan = pg_sys::systable_beginscan(open.rel(), index, true, snapshot, 1, &mut scankey);
+        let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot());
+        let scan = pg_sys::systable_beginscan(rel, index, true, snapshot, 1, &mut scankey);
         let tuple = pg_sys::systable_getnext(scan);
         let result = if tuple.is_null() {
             None
         } else {
             Some(f(&Row {
                 tuple,
-                desc: (*open.rel()).rd_att,
+                desc: (*rel).rd_att,
             }))
         };
         pg_sys::systable_endscan(scan);
+        pg_sys::UnregisterSnapshot(snapshot);
         result
     }
 }

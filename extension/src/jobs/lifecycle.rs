@@ -21,6 +21,7 @@ use crate::core::plans;
 use crate::core::subxact;
 use crate::delivery;
 use crate::listeners::event_types::is_admin;
+use crate::model::runner;
 
 /// What the lifecycle needs to know of a job and its type.
 pub struct Job {
@@ -126,6 +127,9 @@ pub struct Change<'a> {
     /// STARTED to COMPLETED through FINISHED in one change (a type without completion
     /// hooks): both JOB events are emitted.
     pub through_finished: bool,
+    /// A retry follows this STARTERROR in the same transaction: the job's runner hears of
+    /// the retry, not of this failure (which is not the job's outcome).
+    pub retry_follows: bool,
 }
 
 /// A job that changed state.
@@ -184,10 +188,12 @@ pub fn transition(job: i64, from: &[State], to: State, change: Change<'_>) -> Op
                         .unwrap_or(pgrx::JsonB(serde_json::json!({}))),
                 },
                 rows.get::<bool>(0, 4).unwrap_or(true),
+                rows.get::<String>(0, 5).unwrap_or_default(),
+                rows.get::<String>(0, 6),
             ))
         })
     });
-    let (details, moved, ends_matter) = moved?;
+    let (details, moved, ends_matter, runner_name, node) = moved?;
     let action = match to {
         State::Started => "1",
         State::Created => "RETRY",
@@ -218,6 +224,12 @@ pub fn transition(job: i64, from: &[State], to: State, change: Change<'_>) -> Op
     };
     if wake {
         wake_managers_at_commit();
+    }
+    // A runner of another area hears of its jobs' changes in the changing transaction.
+    if !change.retry_follows {
+        if let Some(r) = runner::find(&runner_name) {
+            (r.moved)(job, to.name(), node.as_deref());
+        }
     }
     Some(moved)
 }
@@ -658,7 +670,7 @@ fn run_job_and_claim(
     let inline = errors::required(inline, "inline");
     let (state, class) = run(id);
     let state = state.name().to_string();
-    let next = claim(node, Some(&["sql".to_string()]), inline, Some(&class));
+    let next = claim(node, Some(&in_database_runners()), inline, Some(&class));
     TableIterator::once(match next {
         Some(c) => (
             state,
@@ -670,6 +682,14 @@ fn run_job_and_claim(
         ),
         None => (state, None, None, None, None, None),
     })
+}
+
+/// The runners whose jobs `herald.run_job` runs: `sql`, and those of other areas.
+fn in_database_runners() -> Vec<String> {
+    std::iter::once("sql")
+        .chain(runner::names())
+        .map(str::to_string)
+        .collect()
 }
 
 thread_local! {
@@ -713,6 +733,9 @@ fn run(id: i64) -> (State, String) {
 fn run_loaded(job: &Job) -> State {
     let id = job.id;
     require_running_here(job);
+    if let Some(r) = runner::find(&job.runner) {
+        return run_elsewhere(job, r);
+    }
     if job.runner != "sql" {
         raise(
             Code::ERRCODE_WRONG_OBJECT_TYPE,
@@ -745,6 +768,61 @@ fn run_loaded(job: &Job) -> State {
             state
         }
         Err(e) => fail(job, &e.message, true),
+    }
+}
+
+/// Run a job whose runner another area implements in the database (`report`), as a `sql`
+/// job's target is run: in a subtransaction, then FINISHED (or COMPLETED) with its
+/// result; a failure of the work itself (the runner says so) is FINISHERROR at once, any
+/// other a failed run (STARTERROR and the retry policy).
+fn run_elsewhere(job: &Job, r: runner::Runner) -> State {
+    let id = job.id;
+    let mut outcome = None;
+    let run = subxact::run(|| {
+        outcome = Some((r.run)(&runner::JobRun {
+            id,
+            target: &job.target,
+            owner: job.owner,
+            params: &job.params.0,
+        }));
+    });
+    match (run, outcome) {
+        (Ok(()), Some(Ok(result))) => {
+            let done = finish(job, result.map(pgrx::JsonB));
+            release_claim(id);
+            done.unwrap_or_else(|| {
+                raise(
+                    Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    format!("job {id} was ended while it ran (aborted or set by an operator); its work is rolled back"),
+                    None,
+                )
+            })
+        }
+        (Ok(()), Some(Err(failed))) if failed.finished => {
+            let ended = transition(
+                id,
+                &[State::Started],
+                State::FinishError,
+                Change {
+                    error: Some(&failed.message),
+                    mine: true,
+                    ..Default::default()
+                },
+            )
+            .is_some();
+            release_claim(id);
+            if ended {
+                if job.gobackonerror {
+                    compensate(job);
+                }
+                State::FinishError
+            } else {
+                load(id, false).map_or(State::Aborted, |j| j.state)
+            }
+        }
+        (Ok(()), Some(Err(failed))) => fail(job, &failed.message, true),
+        (Ok(()), None) => fail(job, "the runner did not run", true),
+        (Err(e), _) => fail(job, &e.message, true),
     }
 }
 
@@ -801,6 +879,7 @@ fn keep_for_external_finish(id: i64) -> bool {
 /// A run failed: STARTERROR, the compensate hook with `gobackonerror`, then a retry if the
 /// type allows another attempt. Releases this backend's claim. Returns the job's state.
 fn fail(job: &Job, error: &str, mine: bool) -> State {
+    let attempts = job.attempts.max(1);
     let failed = transition(
         job.id,
         &[State::Started],
@@ -808,6 +887,7 @@ fn fail(job: &Job, error: &str, mine: bool) -> State {
         Change {
             error: Some(error),
             mine,
+            retry_follows: attempts < job.max_attempts,
             ..Default::default()
         },
     )
@@ -821,7 +901,6 @@ fn fail(job: &Job, error: &str, mine: bool) -> State {
     if job.gobackonerror {
         compensate(job);
     }
-    let attempts = job.attempts.max(1);
     if attempts < job.max_attempts
         && transition(
             job.id,

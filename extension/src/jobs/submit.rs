@@ -12,6 +12,7 @@ use crate::core::datum::JsonbDatum;
 use crate::core::errors::{self, raise};
 use crate::core::lookup;
 use crate::listeners::event_types::is_admin;
+use crate::model::runner;
 
 /// What submitting needs of a job type.
 struct TypeFacts {
@@ -94,6 +95,14 @@ AS 'MODULE_PATHNAME', 'herald_submit_job';
     requires = ["jobs_schema"],
 );
 
+/// Register how other areas submit jobs (from `_PG_init`): as `herald.submit_job` with
+/// only a type and params.
+pub fn init() {
+    runner::register_submit(|job| {
+        submit_job(job.type_name, JsonbDatum(job.params), None, None, None)
+    });
+}
+
 fn submit_job(
     type_name: &str,
     params: JsonbDatum,
@@ -159,14 +168,13 @@ fn submit_job(
     id
 }
 
-/// What submitting needs of job type `name`, read with the statement's snapshot straight
+/// What submitting needs of job type `name`, read with the latest snapshot straight
 /// through the keys of `herald.job_type` and `herald.job_class_setting` (a submit is on the
 /// application's write path; a query per submit cost as much as the rest of it). None if
 /// there is no such type.
 fn type_facts(name: &str, me: pg_sys::Oid) -> Option<TypeFacts> {
     let job_type = catalog::relation(c"job_type");
-    let job_type_key = catalog::relation(c"job_type_pkey");
-    let mut facts = lookup::by_text_key(job_type, job_type_key, name, |row| {
+    let mut facts = lookup::by_text_key(job_type, "name", name, |row| {
         let owner = row
             .get::<pg_sys::Oid>("owner")
             .unwrap_or(pg_sys::InvalidOid);
@@ -187,8 +195,7 @@ fn type_facts(name: &str, me: pg_sys::Oid) -> Option<TypeFacts> {
     })?;
     // (A built-in class without a setting row is unlimited.)
     let setting = catalog::relation(c"job_class_setting");
-    let setting_key = catalog::relation(c"job_class_setting_pkey");
-    facts.limited = lookup::by_text_key(setting, setting_key, &facts.class, |row| {
+    facts.limited = lookup::by_text_key(setting, "name", &facts.class, |row| {
         row.get::<i32>("max_running").is_some()
     })
     .unwrap_or(false);

@@ -3,10 +3,10 @@
 -- $8 true: only if this backend holds the job's run (claim_pid), $9 true: STARTED to
 -- COMPLETED through FINISHED in this one change (a type without completion hooks; the
 -- FINISHED columns are set as well), $10 true: someone listens to JOB events.
--- Returns the job as the JOB event's details (NULL without $10), its type and params, and
+-- Returns the job as the JOB event's details (NULL without $10), its type and params,
 -- whether its end may let another job start or has a mail to send (its class is limited,
 -- it has a notify_email; a built-in class without a row in job_class_setting is
--- unlimited).
+-- unlimited), its type's runner and its node.
 UPDATE herald.job j SET
        state = $2,
        node = CASE WHEN $2 OPERATOR(pg_catalog.=) 'STARTED' THEN $4
@@ -56,4 +56,6 @@ RETURNING CASE WHEN $10 THEN pg_catalog.jsonb_build_object(
           j.params,
           j.notify_email IS NOT NULL
           OR EXISTS (SELECT 1 FROM herald.job_class_setting c
-                      WHERE c.name OPERATOR(pg_catalog.=) j.class AND c.max_running IS NOT NULL)
+                      WHERE c.name OPERATOR(pg_catalog.=) j.class AND c.max_running IS NOT NULL),
+          (SELECT t.runner FROM herald.job_type t WHERE t.name OPERATOR(pg_catalog.=) j.type),
+          j.node

@@ -99,6 +99,14 @@ fn create_job_type(
             }
             command.to_string()
         }
+        "report" => raise(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            "job types with runner 'report' are made by herald.report()",
+            Some(
+                "A report is a job type of its own: herald.report(name, query, format, ...)."
+                    .into(),
+            ),
+        ),
         other => raise(
             Code::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("unknown job runner \"{}\"", errors::shown(other)),
@@ -179,11 +187,23 @@ fn drop_job_type(name: Option<&str>) {
     let admin = is_admin();
     let me = catalog::current_user();
     catalog::as_owner(|| {
-        let owner = first::<pg_sys::Oid>(
+        let found = first::<pg_sys::Oid>(
             "SELECT owner::pg_catalog.oid FROM herald.job_type
               WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
             &[name.into()],
         );
+        let runner = first::<String>(
+            "SELECT runner FROM herald.job_type WHERE name OPERATOR(pg_catalog.=) $1",
+            &[name.into()],
+        );
+        if runner.as_deref() == Some("report") {
+            raise(
+                Code::ERRCODE_WRONG_OBJECT_TYPE,
+                format!("job type \"{}\" is a report", errors::shown(name)),
+                Some("Drop it with herald.drop_report().".into()),
+            );
+        }
+        let owner = found;
         let Some(owner) = owner else {
             raise(
                 Code::ERRCODE_UNDEFINED_OBJECT,

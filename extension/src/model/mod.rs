@@ -1,6 +1,8 @@
 //! Plain data types shared by the areas: an event and its fields, a listener (its source and
-//! its delivery), what a data listener asks for, and a session. No SQL runs here.
+//! its delivery), what a data listener asks for, a session, and where the jobs area meets
+//! the areas that make jobs (`runner`). No SQL runs here.
 pub mod data;
 pub mod event;
 pub mod listener;
+pub mod runner;
 pub mod session;

@@ -7,4 +7,5 @@ mod jobs;
 mod operations;
 mod privileges;
 mod queues;
+mod reports;
 mod sessions;

@@ -1,0 +1,209 @@
+//! The devices an output goes to. Each takes the output's artefacts (in member order) and
+//! returns the sha256 of what it sent.
+//!
+//! - `file`: one file per output under `<spool-dir>/<target>/`, named after the group (or
+//!   the report job): `group-<id>.<ext>` / `job-<id>.<ext>`, the members' artefacts one
+//!   after the other. Written to a temporary file, flushed, then renamed: a reader never
+//!   sees half a file, and writing it again (after a node died mid-output) replaces it
+//!   with the same content.
+//! - `print`: one `lp` job (CUPS) to the target queue with every artefact as a file, a
+//!   COPY banner first when an operator reprints an uncertain output.
+//! - `email`: one mail to the target recipients with every artefact attached; its
+//!   Message-ID is derived from the output (group or job), so a resent mail is recognisable
+//!   as the same one.
+use std::path::{Path, PathBuf};
+
+use lettre::message::header::ContentType;
+use lettre::message::{Attachment, MultiPart, SinglePart};
+use sha2::{Digest, Sha256};
+
+use crate::api::{Artefact, ClaimedOutput};
+use crate::smtp::{Mailer, Sent};
+
+/// A device refused or failed; the output is recorded `failed` with this message.
+pub type ChannelError = String;
+
+/// The output's artefacts one after the other.
+fn combined(artefacts: &[Artefact]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for a in artefacts {
+        out.extend_from_slice(&a.content);
+    }
+    out
+}
+
+pub fn checksum(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn extension(format: &str) -> &str {
+    match format {
+        "text" => "txt",
+        other => other,
+    }
+}
+
+/// The output's deterministic name (without extension).
+pub fn base_name(output: &ClaimedOutput) -> String {
+    match (output.group_id, output.job) {
+        (Some(g), _) => format!("group-{g}"),
+        (None, Some(j)) => format!("job-{j}"),
+        (None, None) => format!("output-{}", output.id),
+    }
+}
+
+/// Write the output into the spool directory atomically; its path and checksum.
+pub fn file(
+    spool: &Path,
+    output: &ClaimedOutput,
+    artefacts: &[Artefact],
+) -> Result<(PathBuf, String), ChannelError> {
+    let dir = spool.join(&output.target);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let ext = artefacts
+        .first()
+        .map(|a| extension(&a.format))
+        .unwrap_or("txt");
+    let path = dir.join(format!("{}.{ext}", base_name(output)));
+    let temp = dir.join(format!(
+        ".{}.{ext}.tmp-{}",
+        base_name(output),
+        std::process::id()
+    ));
+    let content = combined(artefacts);
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&temp)?;
+        f.write_all(&content)?;
+        f.sync_all()?;
+        std::fs::rename(&temp, &path)?;
+        // The rename itself survives a crash once the directory is flushed.
+        std::fs::File::open(&dir)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&temp);
+        format!("cannot write {}: {e}", path.display())
+    })?;
+    Ok((path, checksum(&content)))
+}
+
+/// Is `lp` (CUPS) on this host?
+pub fn lp_available() -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join("lp").is_file()))
+}
+
+/// Print the output as one `lp` job; the checksum of what was printed.
+pub async fn print(output: &ClaimedOutput, artefacts: &[Artefact]) -> Result<String, ChannelError> {
+    let dir =
+        std::env::temp_dir().join(format!("herald-print-{}-{}", output.id, std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut files = Vec::new();
+    if output.as_copy {
+        let banner = dir.join("0-copy.txt");
+        std::fs::write(
+            &banner,
+            format!(
+                "*** COPY ***\n\nReprint of {} (output {}), printed again by an operator.\n",
+                output.name, output.id
+            ),
+        )
+        .map_err(|e| format!("cannot write {}: {e}", banner.display()))?;
+        files.push(banner);
+    }
+    for (i, a) in artefacts.iter().enumerate() {
+        let f = dir.join(format!("{}-job-{}.{}", i + 1, a.job, extension(&a.format)));
+        std::fs::write(&f, &a.content).map_err(|e| format!("cannot write {}: {e}", f.display()))?;
+        files.push(f);
+    }
+    let mut command = tokio::process::Command::new("lp");
+    command
+        .arg("-d")
+        .arg(&output.target)
+        .arg("-t")
+        .arg(&output.name);
+    if let Some(opts) = output.options.get("lp_options").and_then(|o| o.as_array()) {
+        for o in opts.iter().filter_map(|o| o.as_str()) {
+            command.arg("-o").arg(o);
+        }
+    }
+    command.arg("--").args(&files);
+    let result = command.output().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = result.map_err(|e| format!("cannot run lp: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "lp -d {} failed ({}): {}",
+            output.target,
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(checksum(&combined(artefacts)))
+}
+
+/// Mail the output with its artefacts attached; the checksum of what was attached. A
+/// failure to reach the server or a temporary refusal is an error like any other (the
+/// output is recorded failed; an operator resends it).
+pub async fn email(
+    mailer: &Mailer,
+    output: &ClaimedOutput,
+    artefacts: &[Artefact],
+) -> Result<String, ChannelError> {
+    let subject = output
+        .options
+        .get("subject")
+        .and_then(|s| s.as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{} ({})", output.name, base_name(output)));
+    let mut builder = lettre::Message::builder()
+        .from(mailer.from().clone())
+        .subject(subject)
+        .message_id(Some(format!(
+            "<herald-{}@herald.invalid>",
+            base_name(output)
+        )));
+    for to in output
+        .target
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        builder = builder.to(to
+            .parse()
+            .map_err(|e| format!("bad recipient {to:?}: {e}"))?);
+    }
+    let mut body = MultiPart::mixed().singlepart(SinglePart::plain(format!(
+        "{}: {} document(s) attached.{}\n",
+        output.name,
+        artefacts.len(),
+        if output.failed.is_empty() {
+            String::new()
+        } else {
+            format!(" Not included (failed): jobs {:?}.", output.failed)
+        }
+    )));
+    for a in artefacts {
+        let kind = match a.format.as_str() {
+            "csv" => "text/csv",
+            "json" => "application/json",
+            "html" => "text/html",
+            _ => "text/plain",
+        };
+        let name = format!("{}-{}.{}", a.report, a.job, extension(&a.format));
+        body = body.singlepart(Attachment::new(name).body(
+            a.content.clone(),
+            ContentType::parse(kind).unwrap_or(ContentType::TEXT_PLAIN),
+        ));
+    }
+    let message = builder
+        .multipart(body)
+        .map_err(|e| format!("cannot build the mail: {e}"))?;
+    match mailer.send(message).await {
+        Sent::Sent => Ok(checksum(&combined(artefacts))),
+        other => Err(format!("mail not sent: {other:?}")),
+    }
+}
