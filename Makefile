@@ -11,7 +11,7 @@ PG_CONFIG    ?= /usr/lib/postgresql/$(PG_MAJOR)/bin/pg_config
 PGRX_VERSION := 0.18.0
 PGRX_TESTDIR ?= /tmp/herald-pgrx-test
 APT_PACKAGES := postgresql-$(PG_MAJOR) postgresql-server-dev-$(PG_MAJOR) libclang-dev clang sudo make \
-                python3-aiosmtpd
+                python3-aiosmtpd cups printer-driver-cups-pdf
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(HOME)/.cargo/bin:$(PATH)

@@ -189,7 +189,8 @@ CREATE  FUNCTION "claim_output"(
 	"options" jsonb,  /* pgrx :: JsonB */
 	"as_copy" bool,  /* bool */
 	"members" bigint[],  /* Vec < i64 > */
-	"failed" bigint[]  /* Vec < i64 > */
+	"failed" bigint[],  /* Vec < i64 > */
+	"origin" TEXT  /* String */
 )
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */

@@ -658,6 +658,9 @@ pub struct ClaimedOutput {
     pub members: Vec<i64>,
     /// Failed members left out (an `output_partial` group).
     pub failed: Vec<i64>,
+    /// The database the output comes from (its server's system identifier and name), for
+    /// identifiers that must be unique beyond it (a mail's Message-ID).
+    pub origin: String,
 }
 
 /// `herald.claim_output(node, kinds)`: claim the oldest pending output of a channel of one
@@ -670,7 +673,7 @@ pub async fn claim_output(
     let row = client
         .query_opt(
             "SELECT id, epoch, group_id, job, name, channel, kind, target, options::text,
-                    as_copy, members, failed
+                    as_copy, members, failed, origin
                FROM herald.claim_output($1, $2)",
             &[&node, &kinds],
         )
@@ -695,6 +698,7 @@ pub async fn claim_output(
         as_copy: row.get(9),
         members: row.get(10),
         failed: row.get(11),
+        origin: row.get(12),
     }))
 }
 

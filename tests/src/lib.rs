@@ -305,3 +305,48 @@ pub fn free_port() -> u16 {
         .expect("a free port")
         .port()
 }
+
+/// `python3 -m aiosmtpd` on `port`, storing every mail it accepts in the maildir `dir`.
+pub struct SmtpServer(Child);
+
+impl SmtpServer {
+    pub fn start(port: u16, dir: &std::path::Path) -> SmtpServer {
+        let child = Command::new("/usr/bin/python3")
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start aiosmtpd (apt-get install python3-aiosmtpd; make test does)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "aiosmtpd did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        SmtpServer(child)
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The mails in the maildir, as text.
+pub fn mails(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for sub in ["new", "cur"] {
+        if let Ok(entries) = std::fs::read_dir(dir.join(sub)) {
+            for e in entries.flatten() {
+                out.push(std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+    }
+    out
+}

@@ -3,54 +3,7 @@
 //! retried and sent once the server is up, and no outcome is ever mailed twice, with two
 //! coordinators sending.
 use herald_tests::*;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// `python3 -m aiosmtpd` on `port`, storing every mail it accepts in the maildir `dir`.
-struct SmtpServer(Child);
-
-impl SmtpServer {
-    fn start(port: u16, dir: &Path) -> SmtpServer {
-        let child = Command::new("/usr/bin/python3")
-            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
-            .args(["-c", "aiosmtpd.handlers.Mailbox"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start aiosmtpd (apt-get install python3-aiosmtpd; make test does)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "aiosmtpd did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        SmtpServer(child)
-    }
-}
-
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The mails in the maildir, as text.
-fn mails(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for sub in ["new", "cur"] {
-        if let Ok(entries) = std::fs::read_dir(dir.join(sub)) {
-            for e in entries.flatten() {
-                out.push(std::fs::read_to_string(e.path()).unwrap_or_default());
-            }
-        }
-    }
-    out
-}
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outcome_mails_wait_for_a_down_server_and_are_never_sent_twice() {

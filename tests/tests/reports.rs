@@ -319,3 +319,230 @@ async fn a_coordinator_killed_mid_output_leaves_it_to_the_channel_policy() {
     second.kill().unwrap();
     second.wait().unwrap();
 }
+
+/// A CUPS print server for a test: Debian's cups with cups-pdf (which prints into
+/// `$HOME/PDF`). Starts `cupsd` unless one runs already, adds a PDF queue, and on drop
+/// removes the queue and stops what it started.
+struct Cups {
+    queue: String,
+    started: Option<std::process::Child>,
+}
+
+impl Cups {
+    fn start(queue: &str) -> Cups {
+        let running = std::process::Command::new("lpstat")
+            .arg("-r")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("is running"))
+            .unwrap_or(false);
+        let started = (!running).then(|| {
+            std::process::Command::new("/usr/sbin/cupsd")
+                .arg("-f")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect(
+                    "start cupsd (apt-get install cups printer-driver-cups-pdf; make setup does)",
+                )
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let added = std::process::Command::new("lpadmin")
+                .args([
+                    "-p",
+                    queue,
+                    "-v",
+                    "cups-pdf:/",
+                    "-m",
+                    "lsb/usr/cups-pdf/CUPS-PDF_opt.ppd",
+                    "-E",
+                ])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if added {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "lpadmin could not add the {queue} queue"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Cups {
+            queue: queue.to_string(),
+            started,
+        }
+    }
+}
+
+impl Drop for Cups {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("lpadmin")
+            .args(["-x", &self.queue])
+            .status();
+        if let Some(mut cupsd) = self.started.take() {
+            let _ = cupsd.kill();
+            let _ = cupsd.wait();
+        }
+    }
+}
+
+/// The PDFs cups-pdf wrote for print jobs titled `title...`.
+fn printed_pdfs(title: &str) -> Vec<std::path::PathBuf> {
+    let dir = std::path::PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+        .join("PDF");
+    std::fs::read_dir(&dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(title))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A group printed through a real CUPS queue: one print job with every member, landing
+/// as one PDF, with a CALLOUT event before and after the print.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_prints_once_to_a_real_cups_queue() {
+    let _cups = Cups::start("HERALD_E2E_PDF");
+    let (env, db) = Env::start().await;
+    db.batch_execute(SETUP).await.unwrap();
+    db.batch_execute(
+        "SELECT herald.output_channel('pdf', 'print', 'HERALD_E2E_PDF');
+         CREATE TABLE callouts (action text, details jsonb);
+         CREATE FUNCTION on_callout(e herald.event) RETURNS void LANGUAGE sql AS
+           $$ INSERT INTO callouts VALUES (e.action, e.details) $$;
+         SELECT herald.add_system_listener('on_callout', 'CALLOUT', sync => true);",
+    )
+    .await
+    .unwrap();
+    let title = format!("herald-e2e-{}", std::process::id());
+    let mut node = env.coordinator("printer");
+    let g: i64 = db
+        .query_one("SELECT herald.create_report_group($1, 'pdf')", &[&title])
+        .await
+        .unwrap()
+        .get(0);
+    for n in 1..=3 {
+        db.execute(
+            "SELECT herald.submit_report('member', jsonb_build_object('g', $1::bigint, 'n', $2::int, 'of', 3), $1)",
+            &[&g, &n],
+        )
+        .await
+        .unwrap();
+    }
+    db.execute("SELECT herald.seal_group($1)", &[&g])
+        .await
+        .unwrap();
+    wait_for(
+        &db,
+        &format!("SELECT EXISTS (SELECT FROM herald.report_output WHERE group_id = {g} AND state = 'sent')"),
+        60,
+        "the group printed",
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while printed_pdfs(&title).is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pdfs = printed_pdfs(&title);
+    assert_eq!(pdfs.len(), 1, "one PDF for the group: {pdfs:?}");
+    let pdf = std::fs::read(&pdfs[0]).unwrap();
+    assert!(pdf.starts_with(b"%PDF"), "a PDF");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM callouts WHERE details->>'channel' = 'pdf' AND details->>'target' = 'HERALD_E2E_PDF'").await,
+        2,
+        "CALLOUT begin and end"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM callouts WHERE action = 'end' AND (details->>'ok')::boolean"
+        )
+        .await,
+        1
+    );
+    for p in pdfs {
+        let _ = std::fs::remove_file(p);
+    }
+    assert!(node.terminate().success());
+}
+
+/// A group mailed through a real SMTP server on the loopback: one mail with every member
+/// attached, its Message-ID derived from the group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_is_mailed_once_with_every_member_attached() {
+    let (env, db) = Env::start().await;
+    db.batch_execute(SETUP).await.unwrap();
+    db.batch_execute(
+        r#"SELECT herald.output_channel('books', 'email', 'books@erp.example', '{"subject": "Your invoices"}')"#,
+    )
+    .await
+    .unwrap();
+    let port = free_port();
+    let maildir = env.cluster.dir.join("maildir");
+    let _server = SmtpServer::start(port, &maildir);
+    let smtp = format!("smtp://127.0.0.1:{port}");
+    let mut node = env.coordinator_with("mailer", &env.url(), &["--smtp-url", &smtp]);
+    let g: i64 = db
+        .query_one(
+            "SELECT herald.create_report_group('order 4711', 'books')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let mut jobs = Vec::new();
+    for n in 1..=3 {
+        let job: i64 = db
+            .query_one(
+                "SELECT herald.submit_report('member', jsonb_build_object('g', $1::bigint, 'n', $2::int, 'of', 3), $1)",
+                &[&g, &n],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        jobs.push(job);
+    }
+    db.execute("SELECT herald.seal_group($1)", &[&g])
+        .await
+        .unwrap();
+    wait_for(
+        &db,
+        &format!("SELECT EXISTS (SELECT FROM herald.report_output WHERE group_id = {g} AND state = 'sent')"),
+        60,
+        "the group mailed",
+    )
+    .await;
+    let origin: String = db
+        .query_one(
+            "SELECT (SELECT system_identifier::text FROM pg_control_system()) || '.' || current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let mails = mails(&maildir);
+    assert_eq!(mails.len(), 1, "one mail for the group");
+    let mail = &mails[0];
+    assert!(
+        mail.contains(&format!(
+            "Message-ID: <herald-group-{g}.{origin}@herald.invalid>"
+        )),
+        "{mail}"
+    );
+    assert!(mail.contains("Subject: Your invoices"), "{mail}");
+    assert!(mail.contains("To: books@erp.example"), "{mail}");
+    for job in jobs {
+        assert!(
+            mail.contains(&format!("member-{job}.csv")),
+            "attachment of job {job}: {mail}"
+        );
+    }
+    assert!(node.terminate().success());
+}

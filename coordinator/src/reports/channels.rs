@@ -90,6 +90,30 @@ pub fn file(
     Ok((path, checksum(&content)))
 }
 
+/// A new directory under the temporary directory that only this user may enter, created
+/// here (never one that existed: another local user cannot plant files or links in it).
+fn private_dir(prefix: &str) -> Result<PathBuf, ChannelError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut last = None;
+    for attempt in 0..16u32 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{nanos:08x}{attempt}",
+            std::process::id()
+        ));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(format!(
+        "cannot create a private temporary directory: {last:?}"
+    ))
+}
+
 /// Is `lp` (CUPS) on this host?
 pub fn lp_available() -> bool {
     std::env::var_os("PATH")
@@ -98,9 +122,7 @@ pub fn lp_available() -> bool {
 
 /// Print the output as one `lp` job; the checksum of what was printed.
 pub async fn print(output: &ClaimedOutput, artefacts: &[Artefact]) -> Result<String, ChannelError> {
-    let dir =
-        std::env::temp_dir().join(format!("herald-print-{}-{}", output.id, std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let dir = private_dir(&format!("herald-print-{}", output.id))?;
     let mut files = Vec::new();
     if output.as_copy {
         let banner = dir.join("0-copy.txt");
@@ -163,8 +185,9 @@ pub async fn email(
         .from(mailer.from().clone())
         .subject(subject)
         .message_id(Some(format!(
-            "<herald-{}@herald.invalid>",
-            base_name(output)
+            "<herald-{}.{}@herald.invalid>",
+            base_name(output),
+            output.origin
         )));
     for to in output
         .target

@@ -132,7 +132,18 @@ async fn send_in_span(
     settings: &OutputSettings,
     output: &ClaimedOutput,
 ) -> Result<(), ApiError> {
-    let artefacts = api::output_artefacts(client, output.id).await?;
+    // An artefact that cannot be read (gone from the artefact directory, say) fails this
+    // output for good: recorded, not retried by every node in turn.
+    let artefacts = match api::output_artefacts(client, output.id).await {
+        Ok(artefacts) => artefacts,
+        Err(ApiError::Database(e)) if e.as_db_error().is_some() => {
+            let error = ApiError::Database(e).to_string();
+            tracing::warn!("output failed: {error}");
+            api::record_output(client, output, false, None, Some(&error)).await?;
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     let details = serde_json::json!({
         "target": output.target, "kind": output.kind, "copy": output.as_copy,
         "members": output.members,

@@ -12,6 +12,7 @@
 //! - [`fmgr`]: calling a SQL function with one argument, with kept call info
 //! - [`advisory`]: every advisory-lock key space Herald uses, in one place
 //! - [`wakeup`]: setting another backend's latch once the current transaction commits
+//! - [`xact`]: work run just before the current transaction commits
 //! - [`invalidation`]: one relcache callback, and the caches that hook into it
 pub mod advisory;
 pub mod catalog;
@@ -25,3 +26,4 @@ pub mod plans;
 pub mod relation;
 pub mod subxact;
 pub mod wakeup;
+pub mod xact;

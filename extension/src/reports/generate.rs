@@ -53,7 +53,11 @@ pub fn run(job: &JobRun) -> Result<Option<serde_json::Value>, RunFailed> {
     let outcome = subxact::catch_all(|| {
         artefact = Some(catalog::as_restricted(job.owner, || {
             read_only();
-            produce(&def, &params)
+            let produced = produce(&def, &params);
+            // A timeout that fired after the query (while rendering) is acted on here,
+            // where it is still this report's.
+            pg_sys::check_for_interrupts!();
+            produced
         }));
     });
     ffi::restore_statement_timeout(armed);
@@ -329,6 +333,7 @@ fn cursor(
                 pg_sys::SPI_cursor_fetch(portal, true, BATCH as std::ffi::c_long);
                 let n = pg_sys::SPI_processed as usize;
                 let tuptable = pg_sys::SPI_tuptable;
+                pg_sys::check_for_interrupts!();
                 if !tuptable.is_null() && (first || n > 0) {
                     let old = pg_sys::MemoryContextSwitchTo(context);
                     batch(tuptable, n, first);

@@ -2,8 +2,8 @@
 //!
 //! Whoever may make a group ready decides, in its own transaction and under the group's
 //! lock (a transaction-level advisory lock, `KeySpace::ReportGroup`): the transaction that
-//! ends a member (the generating coordinator's run, an abort, a rescue), the one that seals
-//! the group, the one that releases a held group. Under the lock it reads the group and
+//! ends a member (the generating coordinator's run, an abort, a rescue), just before it
+//! commits; the one that seals the group; the one that releases a held group. Under the lock it reads the group and
 //! every member's state afresh (READ COMMITTED: each statement sees what committed before
 //! the lock was granted), and if the group is sealed and every member has ended it moves
 //! the group to `output_claimed` and makes its one output record. When the last two members
@@ -18,7 +18,11 @@ use super::{first, group_key, output, require_group_owner};
 use crate::core::advisory::KeySpace;
 use crate::core::catalog;
 use crate::core::errors::{self, raise};
+use crate::core::plans;
+use crate::core::xact;
 use crate::delivery;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 
 /// `herald.create_report_group(name, output, on_member_error)`: a new open group whose
 /// output goes to channel `output`; its id.
@@ -104,7 +108,15 @@ fn release_group(group_id: Option<i64>) -> String {
             ),
         );
     }
-    decide(id, None, true)
+    let state = decide(id, None, true);
+    if state != "output_claimed" {
+        raise(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("report group {id} cannot be released now (it is {state})"),
+            Some("Release a held group once its retried members have ended and one of them succeeded.".into()),
+        );
+    }
+    state
 }
 
 /// Take the group's lock until the end of the transaction.
@@ -113,7 +125,12 @@ fn lock(id: i64) {
 }
 
 /// A member of a group (or a report without one) changed state (the `report` runner's
-/// `moved`, in the changing transaction).
+/// `moved`, in the changing transaction). A report without a group is output at once; a
+/// group's decision waits until just before this transaction commits
+/// (`core::xact::before_commit`): the transaction has changed its job rows by then and
+/// takes no row lock after the group's, so two transactions ending members of the same
+/// groups (in any order, several at once for a rescue or an operator) can never deadlock
+/// on the group lock and each other's rows.
 pub fn member_moved(job: i64, state: &str, node: Option<&str>) {
     let found = catalog::as_owner(|| {
         Spi::connect(|client| {
@@ -132,8 +149,12 @@ pub fn member_moved(job: i64, state: &str, node: Option<&str>) {
     });
     match found {
         Some((Some(group), _)) => {
-            lock(group);
-            decide(group, node, false);
+            PENDING.with(|p| {
+                p.borrow_mut()
+                    .entry(group)
+                    .or_insert_with(|| node.map(str::to_string));
+            });
+            xact::before_commit(decide_pending);
         }
         Some((None, Some(channel))) if matches!(state, "FINISHED" | "COMPLETED") => {
             output::create(None, Some(job), &channel, &[job], &[], node);
@@ -142,24 +163,45 @@ pub fn member_moved(job: i64, state: &str, node: Option<&str>) {
     }
 }
 
+thread_local! {
+    /// Groups whose members this transaction ended, with the node that ended the first
+    /// (decided before it commits, in id order).
+    static PENDING: RefCell<BTreeMap<i64, Option<String>>> = const { RefCell::new(BTreeMap::new()) };
+}
+
+/// Decide every group this transaction ended members of, in id order (so that
+/// transactions with several groups take their locks in one order). Runs just before the
+/// commit; also called by the in-database tests, whose transactions never commit.
+pub fn decide_pending() {
+    let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    for (group, node) in pending {
+        lock(group);
+        decide(group, node.as_deref(), false);
+    }
+}
+
 /// Decide, under the group's lock (held by the caller), whether group `id` is ready, and
 /// if so make its output record; `release`: output a held group's successful members.
 /// Returns the group's state.
 fn decide(id: i64, node: Option<&str>, release: bool) -> String {
+    // (Read with the latest snapshot, whatever the isolation level: under the lock, what
+    // has committed is what counts. A REPEATABLE READ transaction's own snapshot could
+    // predate the member that ended last.)
     let group = catalog::as_owner(|| {
         Spi::connect(|client| {
-            let rows = errors::spi(client.select(
+            let rows = plans::execute_latest(
+                client,
                 "SELECT state, output, on_member_error, name FROM herald.report_group
                   WHERE id OPERATOR(pg_catalog.=) $1",
-                None,
-                &[id.into()],
-            ));
-            rows.into_iter().next().map(|r| {
+                &[pg_sys::INT8OID],
+                &[id.into_datum()],
+            );
+            (!rows.is_empty()).then(|| {
                 (
-                    r.get::<String>(1).ok().flatten().unwrap_or_default(),
-                    r.get::<String>(2).ok().flatten().unwrap_or_default(),
-                    r.get::<String>(3).ok().flatten().unwrap_or_default(),
-                    r.get::<String>(4).ok().flatten().unwrap_or_default(),
+                    rows.get::<String>(0, 1).unwrap_or_default(),
+                    rows.get::<String>(0, 2).unwrap_or_default(),
+                    rows.get::<String>(0, 3).unwrap_or_default(),
+                    rows.get::<String>(0, 4).unwrap_or_default(),
                 )
             })
         })
@@ -170,23 +212,25 @@ fn decide(id: i64, node: Option<&str>, release: bool) -> String {
     if state != "sealed" && state != "failed" {
         return state;
     }
+    // Each member's state; one that ended without an artefact (an operator set it
+    // COMPLETED by hand) counts as failed: there is nothing of it to output.
     let members: Vec<(i64, String)> = catalog::as_owner(|| {
         Spi::connect(|client| {
-            let rows = errors::spi(client.select(
-                "SELECT r.job, j.state FROM herald.report_job r
+            let rows = plans::execute_latest(
+                client,
+                "SELECT r.job,
+                        CASE WHEN j.state OPERATOR(pg_catalog.=) ANY ('{FINISHED,COMPLETED}'::pg_catalog.text[])
+                              AND r.content IS NULL AND r.path IS NULL
+                             THEN 'FINISHERROR' ELSE j.state END
+                   FROM herald.report_job r
                    JOIN herald.job j ON j.id OPERATOR(pg_catalog.=) r.job
                   WHERE r.group_id OPERATOR(pg_catalog.=) $1
                   ORDER BY r.member_no",
-                None,
-                &[id.into()],
-            ));
-            rows.into_iter()
-                .filter_map(|r| {
-                    Some((
-                        r.get::<i64>(1).ok().flatten()?,
-                        r.get::<String>(2).ok().flatten()?,
-                    ))
-                })
+                &[pg_sys::INT8OID],
+                &[id.into_datum()],
+            );
+            (0..rows.len())
+                .filter_map(|i| Some((rows.get::<i64>(i, 1)?, rows.get::<String>(i, 2)?)))
                 .collect()
         })
     });
@@ -215,7 +259,8 @@ fn decide(id: i64, node: Option<&str>, release: bool) -> String {
         set_state(id, &state, "empty");
         return "empty".into();
     }
-    if !failed.is_empty() && on_member_error == "hold" && !release {
+    // Nothing succeeded: there is nothing to output, whatever on_member_error says.
+    if ok.is_empty() || (!failed.is_empty() && on_member_error == "hold" && !release) {
         if state != "failed" {
             set_state(id, "sealed", "failed");
             alert_held(id, &name, &failed);

@@ -72,6 +72,7 @@ fn claim_output(
         name!(as_copy, bool),
         name!(members, Vec<i64>),
         name!(failed, Vec<i64>),
+        name!(origin, String),
     ),
 > {
     catalog::require_primary("herald.claim_output()");
@@ -117,7 +118,10 @@ fn claim_output(
                                          (SELECT r.report FROM herald.report_job r
                                            WHERE r.job OPERATOR(pg_catalog.=) o.job)),
                                 o.channel, c.kind, c.target, c.options, o.as_copy,
-                                o.members, o.failed",
+                                o.members, o.failed,
+                                (SELECT s.system_identifier::pg_catalog.text
+                                   FROM pg_catalog.pg_control_system() s)
+                                OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) pg_catalog.current_database()",
                     None,
                     &[id.into(), node.into()],
                 ));
@@ -138,6 +142,7 @@ fn claim_output(
                         r.get::<bool>(10).ok().flatten().unwrap_or(false),
                         r.get::<Vec<i64>>(11).ok().flatten().unwrap_or_default(),
                         r.get::<Vec<i64>>(12).ok().flatten().unwrap_or_default(),
+                        r.get::<String>(13).ok().flatten().unwrap_or_default(),
                     )
                 })
             })

@@ -147,10 +147,16 @@ pub fn template(
         .map_err(describe)
 }
 
+/// How much work one rendering may do (minijinja's fuel: about one unit per instruction).
+/// Rendering runs outside the query, so the statement timeout cannot stop it: a template
+/// that loops over its rows in nested loops runs out of fuel instead of holding its runner.
+const FUEL: u64 = 200_000_000;
+
 fn environment() -> minijinja::Environment<'static> {
     let mut env = minijinja::Environment::new();
     // A template names what it uses: a misspelt column is an error, not an empty cell.
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    env.set_fuel(Some(FUEL));
     env
 }
 
