@@ -7,6 +7,9 @@
 //!    in batches of 10.
 //! 3. Latency from the producer's commit to the handler's start at 500 events/s.
 //! 7. Jobs against graphile-worker (see `jobs`).
+//! 8. Reports: the price of exactly-once, CSV generation against `\copy` (see `reports`).
+//! 9. Resource locks against single-row UPDATEs and advisory locks; hand-off latency
+//!    (see `locks`).
 //!
 //! Prints figures and ratios; never fails on timing.
 use std::process::{Command, Stdio};
@@ -15,6 +18,7 @@ use std::time::{Duration, Instant};
 use herald_coordinator::cluster::{find_bindir, ClusterOptions, PgCluster};
 
 mod jobs;
+mod locks;
 mod reports;
 
 const SECONDS: u64 = 10;
@@ -162,6 +166,11 @@ async fn run() -> Result<(), String> {
     // 8. reports
     if wanted("reports") {
         reports::run(&cluster, &db, &herald_bin).await?;
+    }
+
+    // 9. locks
+    if wanted("locks") {
+        locks::run(&cluster, &db, seconds).await?;
     }
 
     // 5. scale (docs/scaling.md)

@@ -467,6 +467,14 @@ pub async fn complete_next_job(client: &Client, node: &str) -> Result<Option<i64
         .get(0))
 }
 
+/// `herald.expire_locks`: remove lapsed resource-lock grants; how many.
+pub async fn expire_locks(client: &Client) -> Result<i32, ApiError> {
+    Ok(client
+        .query_one("SELECT herald.expire_locks()", &[])
+        .await?
+        .get(0))
+}
+
 /// `herald.rescue_jobs`: retry or fail the jobs whose claim is gone; how many.
 pub async fn rescue_jobs(client: &Client) -> Result<i32, ApiError> {
     Ok(client
@@ -520,6 +528,75 @@ pub async fn job_counts(client: &Client) -> Result<Vec<JobCount>, ApiError> {
             state: r.get(2),
             jobs: r.get(3),
         })
+        .collect())
+}
+
+/// Report groups and outputs by state, for `herald status`: `kind` is `group` (state of
+/// report groups) or `output <channel>`; ended ones of the last day only.
+#[derive(Clone, Debug)]
+pub struct ReportCount {
+    pub kind: String,
+    pub state: String,
+    pub count: i64,
+}
+
+/// May this role read report groups and output records?
+pub async fn can_read_reports(client: &Client) -> Result<bool, ApiError> {
+    Ok(client
+        .query_one(
+            "SELECT has_table_privilege('herald.report_group', 'SELECT')
+                AND has_table_privilege('herald.report_output', 'SELECT')",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+pub async fn report_counts(client: &Client) -> Result<Vec<ReportCount>, ApiError> {
+    let rows = client
+        .query(
+            "SELECT 'group', state, count(*)::int8 FROM herald.report_group
+              WHERE state IN ('open', 'sealed', 'failed') OR created_at > now() - interval '1 day'
+              GROUP BY 2
+             UNION ALL
+             SELECT 'output ' || channel, state, count(*)::int8 FROM herald.report_output
+              WHERE ended_at IS NULL OR ended_at > now() - interval '1 day'
+              GROUP BY 1, 2
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| ReportCount {
+            kind: r.get(0),
+            state: r.get(1),
+            count: r.get(2),
+        })
+        .collect())
+}
+
+/// What waits for an operator: failed groups, and outputs that are uncertain or failed
+/// (at most `limit`, the oldest first): (what, state, error).
+pub async fn report_problems(
+    client: &Client,
+    limit: i64,
+) -> Result<Vec<(String, String, String)>, ApiError> {
+    let rows = client
+        .query(
+            "(SELECT 'group ' || id || ' (' || name || ')', state,
+                     'a member failed: herald.retry_job(member) or herald.release_group(' || id || ')'
+                FROM herald.report_group WHERE state = 'failed' ORDER BY id LIMIT $1)
+             UNION ALL
+             (SELECT 'output ' || id || ' to ' || channel, state, coalesce(error, '-')
+                FROM herald.report_output WHERE state IN ('uncertain', 'failed')
+               ORDER BY id LIMIT $1)",
+            &[&limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect())
 }
 
@@ -731,16 +808,30 @@ pub async fn output_artefacts(client: &Client, output: i64) -> Result<Vec<Artefa
         .collect())
 }
 
-/// `herald.record_output`: the end of an output this connection claimed (`sent`, or
-/// `failed` with `error`); false if the claim was superseded (its epoch is stale).
+/// How an output ended (`herald.record_output`'s state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputEnd {
+    Sent,
+    /// Not output; pending again after the channel's retry delay (or failed once its
+    /// attempts are used up).
+    Retry,
+    Failed,
+}
+
+/// `herald.record_output`: the end of an output this connection claimed (with `error`
+/// unless sent); false if the claim was superseded (its epoch is stale).
 pub async fn record_output(
     client: &Client,
     output: &ClaimedOutput,
-    sent: bool,
+    end: OutputEnd,
     checksum: Option<&str>,
     error: Option<&str>,
 ) -> Result<bool, ApiError> {
-    let state = if sent { "sent" } else { "failed" };
+    let state = match end {
+        OutputEnd::Sent => "sent",
+        OutputEnd::Retry => "retry",
+        OutputEnd::Failed => "failed",
+    };
     Ok(client
         .query_one(
             "SELECT herald.record_output($1, $2, $3, $4, $5)",

@@ -11,6 +11,7 @@ use crate::api::{self, ApiError};
 use crate::config::RunConfig;
 use crate::db;
 use crate::jobs::manager::{self as job_manager, JobSettings};
+use crate::locks;
 use crate::queues::claims::Claims;
 use crate::reports::{channels, output as report_output};
 use crate::service::{self, Backoff};
@@ -160,9 +161,10 @@ impl Coordinator {
             }
         }
         api::listen_for_queue_changes(&control).await?;
+        let mut expiry = locks::Expiry::default();
         loop {
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tick.tick() => expiry.run(&control).await?,
                 n = notifications.recv() => {
                     if n.is_none() {
                         // The control connection ended.

@@ -15,8 +15,8 @@
 //! 3. [`api`]: the typed boundary to the extension, one function per `herald.*` call
 //! 4. areas, each a folder of tasks built on `api`, `db`, `service` and `shutdown` only:
 //!    [`queues`] (claiming queues, draining them), [`jobs`] (the job manager and the
-//!    runners). Later, when there is code for them: `reports/` with `reports/channels/`
-//!    (generation, and one module per output channel), `maintenance/` (tasks on an
+//!    runners), [`reports`] (the output worker and its channels), [`locks`] (expiring
+//!    lapsed leases). Later, when there is code for them: `maintenance/` (tasks on an
 //!    elected node) and `web/` (the dashboard). What two areas share moves down a layer.
 //! 5. [`coordinator`] (wires the areas to one control connection), [`status`]
 //!    (`herald status`)
@@ -31,6 +31,7 @@ pub mod coordinator;
 pub mod db;
 pub mod demo;
 pub mod jobs;
+pub mod locks;
 pub mod queues;
 pub mod reports;
 pub mod service;

@@ -34,8 +34,11 @@ pub enum Sent {
     Sent,
     /// Not sent (the server is unreachable or refused for now): try again later.
     Retry(String),
-    /// Refused for good, or perhaps sent: never again.
+    /// Refused for good: never again.
     Failed(String),
+    /// The connection broke off mid-send: the mail may have been sent. Callers that must
+    /// not send twice give up; callers whose mail carries a stable Message-ID may resend.
+    MaybeSent(String),
 }
 
 impl Mailer {
@@ -76,10 +79,12 @@ impl Mailer {
         }
         match self.transport.send(message).await {
             Ok(_) => Sent::Sent,
-            Err(e) if e.is_transient() => Sent::Retry(format!("{} refused for now: {e}", self.server)),
+            Err(e) if e.is_transient() => {
+                Sent::Retry(format!("{} refused for now: {e}", self.server))
+            }
             Err(e) if e.is_permanent() => Sent::Failed(format!("{} refused: {e}", self.server)),
-            Err(e) => Sent::Failed(format!(
-                "sending through {} broke off ({e}); the mail may have been sent, so it is not sent again",
+            Err(e) => Sent::MaybeSent(format!(
+                "sending through {} broke off ({e}); the mail may have been sent",
                 self.server
             )),
         }

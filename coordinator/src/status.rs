@@ -1,5 +1,6 @@
 //! `herald status`: queues, backlogs, and which node drains what; jobs by class and state,
-//! what runs where and what waits for which class.
+//! what runs where and what waits for which class; report groups and outputs by state, and
+//! what waits for an operator.
 use tokio_postgres::Client;
 
 use crate::api::{self, ApiError};
@@ -38,6 +39,7 @@ pub async fn print(client: &Client) -> Result<(), ApiError> {
         println!("(no queues: INSERT INTO herald.event_queue (name, event_run) VALUES ('MyEventQueue', 1);)");
     }
     print_jobs(client).await?;
+    print_reports(client).await?;
     let nodes = api::coordinator_nodes(client).await?;
     println!();
     println!(
@@ -99,6 +101,34 @@ async fn print_jobs(client: &Client) -> Result<(), ApiError> {
             j.concurrency_key.as_deref().unwrap_or("-"),
             j.age
         );
+    }
+    Ok(())
+}
+
+async fn print_reports(client: &Client) -> Result<(), ApiError> {
+    if !api::can_read_reports(client).await? {
+        println!();
+        println!("(reports: this role may not read herald.report_group and herald.report_output; herald_ops may)");
+        return Ok(());
+    }
+    let counts = api::report_counts(client).await?;
+    if counts.is_empty() {
+        return Ok(());
+    }
+    println!();
+    println!("{:<28} {:<16} {:>7}", "reports", "state", "count");
+    for c in &counts {
+        println!("{:<28} {:<16} {:>7}", c.kind, c.state, c.count);
+    }
+    let problems = api::report_problems(client, 20).await?;
+    if problems.is_empty() {
+        return Ok(());
+    }
+    println!();
+    println!("{:<36} {:<10} for an operator", "waiting", "state");
+    for (what, state, error) in &problems {
+        let error: String = error.chars().take(80).collect();
+        println!("{what:<36} {state:<10} {error}");
     }
     Ok(())
 }

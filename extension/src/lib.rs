@@ -17,9 +17,10 @@
 //!    now), event-row storage; shared by user events and every area's system events
 //! 7. areas, which never use each other: [`events`] (emit, capture, system listeners),
 //!    [`queues`] (drain, wait, resume), [`jobs`] (types, classes, the lifecycle, claims,
-//!    alerts) and [`reports`] (reports, groups, artefacts, output records); they meet in
-//!    the layers below (the jobs area runs report jobs through [`model::runner`]); locks
-//!    and monitor come next
+//!    alerts), [`reports`] (reports, groups, artefacts, output records) and [`locks`]
+//!    (resources, grants with fencing tokens, FIFO waiters, deadlock refusal); they meet
+//!    in the layers below (the jobs area runs report jobs through [`model::runner`]);
+//!    monitor comes next
 //!
 //! SQL data definition lives in `sql/<area>/`, loaded in the order declared below.
 //!
@@ -47,6 +48,7 @@ pub mod events;
 pub mod handlers;
 pub mod jobs;
 pub mod listeners;
+pub mod locks;
 pub mod model;
 pub mod queues;
 pub mod reports;
@@ -91,10 +93,15 @@ extension_sql_file!(
     requires = ["jobs_schema"]
 );
 extension_sql_file!(
+    "../../sql/locks/schema.sql",
+    name = "locks_schema",
+    requires = ["reports_schema"]
+);
+extension_sql_file!(
     "../../sql/queues/triggers.sql",
     name = "queues_triggers",
     requires = [
-        "reports_schema",
+        "locks_schema",
         queues::wait::_wake_queue,
         queues::wait::_wait_for_producers,
         listeners::_invalidate_listeners,
@@ -105,6 +112,15 @@ extension_sql_file!(
     "../../sql/listeners/triggers.sql",
     name = "listeners_triggers",
     requires = ["queues_triggers", listeners::_invalidate_listeners]
+);
+extension_sql_file!(
+    "../../sql/locks/triggers.sql",
+    name = "locks_triggers",
+    requires = [
+        "listeners_triggers",
+        locks::define::_wake_lock_waiters,
+        locks::status::lock_status
+    ]
 );
 extension_sql_file!("../../sql/privileges.sql", name = "privileges", finalize);
 

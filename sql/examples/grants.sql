@@ -40,6 +40,15 @@ GRANT EXECUTE ON FUNCTION herald.report(text, text, text, text, interval, text, 
                           herald.create_report_group(text, text, text),
                           herald.seal_group(bigint), herald.release_group(bigint) TO herald_app;
 GRANT SELECT ON herald.report, herald.output_channel, herald.report_group TO herald_app;
+--    Resource locks: acquire, renew, release and fence-check (a holder acts with its
+--    token); resources are defined by administrators.
+GRANT EXECUTE ON FUNCTION herald.lock_acquire(text, text, integer, interval, interval),
+                          herald.lock_acquire_all(text[], text, integer, interval, interval),
+                          herald.lock_renew(text, text, bigint, interval),
+                          herald.lock_release(text, text, bigint),
+                          herald.lock_check(text, bigint),
+                          herald.lock_status() TO herald_app;
+GRANT SELECT ON herald.resource, herald.locks TO herald_app;
 
 -- 2. Operators who create, tune, start, stop and resume queues, and read the log. A queue's
 --    listener_roles names the roles whose listeners may use it, e.g.
@@ -59,6 +68,12 @@ GRANT EXECUTE ON FUNCTION herald.abort_job(bigint, text), herald.retry_job(bigin
 --    are for administrators).
 GRANT SELECT ON herald.report, herald.output_channel, herald.report_group, herald.report_job,
                  herald.report_output TO herald_ops;
+--    Resource locks: watch them, pause or resize a resource
+--    (UPDATE herald.resource SET lock_limit = 0 WHERE name = 'printer'); forcing a release
+--    is for administrators.
+GRANT SELECT, UPDATE (lock_limit, default_lease) ON herald.resource TO herald_ops;
+GRANT SELECT ON herald.locks, herald.lock_audit TO herald_ops;
+GRANT EXECUTE ON FUNCTION herald.lock_status() TO herald_ops;
 
 -- 3. The login role the coordinators (`herald run`) use. It needs no table privileges:
 --    lookups do their bookkeeping as the extension owner and run handlers as their owners.
@@ -86,3 +101,5 @@ GRANT EXECUTE ON FUNCTION herald.claim_output(text, text[]), herald.output_artef
                           herald.rescue_outputs(), herald.await_outputs(integer),
                           herald.output_callout(bigint, text, jsonb)
     TO herald_coordinator;
+--    Resource locks: lapsed leases are expired every second.
+GRANT EXECUTE ON FUNCTION herald.expire_locks() TO herald_coordinator;

@@ -36,7 +36,11 @@ SELECT pg_catalog.pg_extension_config_dump('herald.report', '');
 --          written there atomically (a temporary file, then rename) under a name made of
 --          the group (or job) and its checksum, so writing it again is harmless.
 --   print: target is a CUPS queue (lp -d target) or an ipp:// printer URI.
---   email: target is the recipients (comma-separated); options.subject, options.from.
+--   email: target is the recipients (comma-separated); options.subject.
+-- An output the device did not take for now (the mail server is unreachable, lp could not
+-- queue the job, the spool directory could not be written) is pending again after
+-- options.retry_seconds (default 60, doubled per attempt, at most an hour), and failed
+-- once options.max_attempts (default 5) are used up.
 ------------------------------------------------------------------------------------------
 CREATE TABLE herald.output_channel (
     name       text PRIMARY KEY
@@ -115,7 +119,8 @@ SELECT pg_catalog.pg_extension_config_dump('herald.report_job', '');
 
 ------------------------------------------------------------------------------------------
 -- Output records, one per destination of a group (or of a report without a group):
---   pending -> sending -> sent | failed | uncertain
+--   pending -> sending -> sent | failed | uncertain, and sending -> pending (due at
+--   next_at) when the device refused for now
 -- 'sending' is committed before the device is called. A claim (herald.claim_output)
 -- bumps epoch; the end is recorded only with the epoch of the claim that made it, so a
 -- stale node never records over a newer claim. The claim is held by the claiming
@@ -145,6 +150,8 @@ CREATE TABLE herald.report_output (
     created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
     sending_at  timestamptz,
     ended_at    timestamptz,
+    -- A pending output tried again later (after a device refused for now): not before.
+    next_at     timestamptz,
     CONSTRAINT report_output_of_one CHECK ((group_id IS NULL) OPERATOR(pg_catalog.<>) (job IS NULL))
 );
 CREATE UNIQUE INDEX report_output_group_idx ON herald.report_output (group_id, channel)

@@ -331,6 +331,48 @@ impl SmtpServer {
     }
 }
 
+/// An SMTP server that stores each mail it is given in the maildir `dir` at once, then
+/// waits `delay` before it answers that it took it: a sender can be killed while the mail
+/// is delivered but not yet acknowledged.
+const SLOW_SMTP: &str = r#"
+import asyncio, mailbox, sys, time
+from aiosmtpd.controller import Controller
+class Slow:
+    def __init__(self, d, delay):
+        self.box = mailbox.Maildir(d)
+        self.delay = delay
+    async def handle_DATA(self, server, session, envelope):
+        self.box.add(envelope.original_content)
+        await asyncio.sleep(self.delay)
+        return '250 OK'
+c = Controller(Slow(sys.argv[2], float(sys.argv[3])), hostname='127.0.0.1', port=int(sys.argv[1]))
+c.start()
+while True:
+    time.sleep(3600)
+"#;
+
+impl SmtpServer {
+    pub fn start_slow(port: u16, dir: &std::path::Path, delay: Duration) -> SmtpServer {
+        let child = Command::new("/usr/bin/python3")
+            .args(["-c", SLOW_SMTP, &port.to_string()])
+            .arg(dir)
+            .arg(delay.as_secs_f64().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start aiosmtpd (apt-get install python3-aiosmtpd; make test does)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the slow SMTP server did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        SmtpServer(child)
+    }
+}
+
 impl Drop for SmtpServer {
     fn drop(&mut self) {
         let _ = self.0.kill();

@@ -54,6 +54,7 @@ const COORDINATOR: Crate = Crate {
         ("queues", 3),
         ("jobs", 3),
         ("reports", 3),
+        ("locks", 3),
         ("maintenance", 3),
         ("web", 3),
         ("coordinator", 4),

@@ -275,6 +275,15 @@ async fn a_coordinator_killed_mid_output_leaves_it_to_the_channel_policy() {
         "the print is being sent",
     )
     .await;
+    // Kill it while the printer has the job (lp is still running).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !printed.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the printer got the job"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     first.kill().unwrap();
     first.wait().unwrap();
     let mut second = start("second");
@@ -446,14 +455,19 @@ async fn a_group_prints_once_to_a_real_cups_queue() {
         "the group printed",
     )
     .await;
+    // cups-pdf writes the PDF after the job has left the queue: wait until it is whole.
+    let whole = |pdfs: &[std::path::PathBuf]| {
+        pdfs.first()
+            .and_then(|p| std::fs::read(p).ok())
+            .is_some_and(|b| b.starts_with(b"%PDF") && b.trim_ascii_end().ends_with(b"%%EOF"))
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while printed_pdfs(&title).is_empty() && std::time::Instant::now() < deadline {
+    while !whole(&printed_pdfs(&title)) && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let pdfs = printed_pdfs(&title);
     assert_eq!(pdfs.len(), 1, "one PDF for the group: {pdfs:?}");
-    let pdf = std::fs::read(&pdfs[0]).unwrap();
-    assert!(pdf.starts_with(b"%PDF"), "a PDF");
+    assert!(whole(&pdfs), "a whole PDF");
     assert_eq!(
         count(&db, "SELECT count(*) FROM callouts WHERE details->>'channel' = 'pdf' AND details->>'target' = 'HERALD_E2E_PDF'").await,
         2,
@@ -544,5 +558,199 @@ async fn a_group_is_mailed_once_with_every_member_attached() {
             "attachment of job {job}: {mail}"
         );
     }
+    assert!(node.terminate().success());
+}
+
+/// The output record of group `g`: state, node, epoch.
+async fn output_of(db: &tokio_postgres::Client, g: i64) -> (String, String, i64) {
+    let row = db
+        .query_one(
+            "SELECT state, coalesce(node, ''), epoch FROM herald.report_output WHERE group_id = $1",
+            &[&g],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+/// A sealed group of `members` members (report 'member') to `channel`.
+async fn sealed_group(db: &tokio_postgres::Client, channel: &str, members: i32) -> i64 {
+    let g: i64 = db
+        .query_one("SELECT herald.create_report_group('case', $1)", &[&channel])
+        .await
+        .unwrap()
+        .get(0);
+    for n in 1..=members {
+        db.execute(
+            "SELECT herald.submit_report('member', jsonb_build_object('g', $1::bigint, 'n', $2::int, 'of', $3::int), $1)",
+            &[&g, &n, &members],
+        )
+        .await
+        .unwrap();
+    }
+    db.execute("SELECT herald.seal_group($1)", &[&g])
+        .await
+        .unwrap();
+    g
+}
+
+/// A node killed in the middle of writing a group's file: another node writes the whole
+/// file again under the same name, and nothing half-written is left in the spool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_cut_off_by_a_killed_node_is_written_again_whole() {
+    let (env, db) = Env::start().await;
+    db.batch_execute(SETUP).await.unwrap();
+    db.batch_execute("SELECT herald.output_channel('spool', 'file', 'invoices')")
+        .await
+        .unwrap();
+    let spool = env.cluster.dir.join("spool");
+    let dir = spool.join("invoices");
+    std::fs::create_dir_all(&dir).unwrap();
+    let spool_arg = spool.to_string_lossy().into_owned();
+    let mut first = env.coordinator_with("first", &env.url(), &["--spool-dir", &spool_arg]);
+    // The group's number is the next one; the first node will write it through its own
+    // temporary file, which is made a FIFO here: opening it blocks until someone reads, so
+    // the node is caught mid-write, its output 'sending', the file not yet in place.
+    let next: i64 = db
+        .query_one(
+            "SELECT coalesce(max(id), 0) + 1 FROM herald.report_group",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let fifo = dir.join(format!(".group-{next}.csv.tmp-{}", first.pid()));
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let g = sealed_group(&db, "spool", 3).await;
+    assert_eq!(g, next);
+    wait_for(
+        &db,
+        &format!("SELECT EXISTS (SELECT FROM herald.report_output WHERE group_id = {g} AND state = 'sending')"),
+        60,
+        "the first node writes the file",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(output_of(&db, g).await.0, "sending", "caught mid-write");
+    assert!(!dir.join(format!("group-{g}.csv")).exists());
+    first.kill9();
+    let mut second = env.coordinator_with("second", &env.url(), &["--spool-dir", &spool_arg]);
+    wait_for(
+        &db,
+        &format!("SELECT EXISTS (SELECT FROM herald.report_output WHERE group_id = {g} AND state = 'sent')"),
+        60,
+        "the second node writes the file again",
+    )
+    .await;
+    assert_eq!(output_of(&db, g).await, ("sent".into(), "second".into(), 2));
+    assert_eq!(
+        spool_files(&dir),
+        vec![format!("group-{g}.csv")],
+        "one whole file, no temporary file left"
+    );
+    let expected: String = db
+        .query_one(
+            "SELECT string_agg(convert_from(content, 'UTF8'), '' ORDER BY member_no)
+               FROM herald.report_job WHERE group_id = $1",
+            &[&g],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        std::fs::read_to_string(dir.join(format!("group-{g}.csv"))).unwrap(),
+        expected
+    );
+    assert!(second.terminate().success());
+}
+
+/// A node killed while the mail server takes a group's mail (delivered, not yet
+/// acknowledged): another node sends it again with the same Message-ID, so the two copies
+/// are recognisably one mail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mail_cut_off_by_a_killed_node_is_resent_with_the_same_message_id() {
+    let (env, db) = Env::start().await;
+    db.batch_execute(SETUP).await.unwrap();
+    db.batch_execute("SELECT herald.output_channel('books', 'email', 'books@erp.example')")
+        .await
+        .unwrap();
+    let port = free_port();
+    let maildir = env.cluster.dir.join("maildir");
+    let _server = SmtpServer::start_slow(port, &maildir, Duration::from_secs(3));
+    let smtp = format!("smtp://127.0.0.1:{port}");
+    let mut first = env.coordinator_with("first", &env.url(), &["--smtp-url", &smtp]);
+    let g = sealed_group(&db, "books", 2).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while mails(&maildir).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first node sends the mail"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(output_of(&db, g).await.0, "sending");
+    first.kill9();
+    let mut second = env.coordinator_with("second", &env.url(), &["--smtp-url", &smtp]);
+    wait_for(
+        &db,
+        &format!("SELECT EXISTS (SELECT FROM herald.report_output WHERE group_id = {g} AND state = 'sent')"),
+        60,
+        "the second node sends the mail again",
+    )
+    .await;
+    assert_eq!(output_of(&db, g).await, ("sent".into(), "second".into(), 2));
+    let ids: Vec<String> = mails(&maildir)
+        .iter()
+        .map(|m| {
+            m.lines()
+                .find(|l| l.to_ascii_lowercase().starts_with("message-id:"))
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 2, "sent twice: {ids:?}");
+    assert!(
+        ids[0].contains(&format!("<herald-group-{g}.")) && ids[0] == ids[1],
+        "{ids:?}"
+    );
+    assert!(second.terminate().success());
+}
+
+/// A mail server that is down for a while: the group's mail waits (pending, tried again
+/// after the channel's delay) and goes out once the server is back, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mail_server_down_for_a_while_delays_the_mail_without_losing_it() {
+    let (env, db) = Env::start().await;
+    db.batch_execute(SETUP).await.unwrap();
+    db.batch_execute(
+        r#"SELECT herald.output_channel('books', 'email', 'books@erp.example', '{"retry_seconds": 1}')"#,
+    )
+    .await
+    .unwrap();
+    let port = free_port();
+    let smtp = format!("smtp://127.0.0.1:{port}");
+    let mut node = env.coordinator_with("mailer", &env.url(), &["--smtp-url", &smtp]);
+    let g = sealed_group(&db, "books", 1).await;
+    wait_for(
+        &db,
+        &format!("SELECT EXISTS (SELECT FROM herald.report_output WHERE group_id = {g} AND state = 'pending' AND attempts >= 1 AND next_at IS NOT NULL AND error LIKE '%cannot reach%')"),
+        60,
+        "the output waits for the server",
+    )
+    .await;
+    let maildir = env.cluster.dir.join("maildir");
+    let _server = SmtpServer::start(port, &maildir);
+    wait_for(
+        &db,
+        &format!("SELECT EXISTS (SELECT FROM herald.report_output WHERE group_id = {g} AND state = 'sent' AND attempts >= 2)"),
+        60,
+        "the mail sent once the server is back",
+    )
+    .await;
+    assert_eq!(mails(&maildir).len(), 1);
     assert!(node.terminate().success());
 }

@@ -64,7 +64,7 @@ async fn catalog(client: &tokio_postgres::Client) -> Vec<String> {
 }
 
 /// The releases whose install scripts `make install` copies from sql/releases.
-const RELEASES: &[&str] = &["0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0"];
+const RELEASES: &[&str] = &["0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0", "0.6.0"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrading_from_every_release_equals_a_fresh_install() {

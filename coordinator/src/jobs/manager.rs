@@ -395,7 +395,8 @@ impl Manager {
                 tracing::warn!(job, "outcome mail not sent, will retry: {e}");
                 ("retry", Some(e.as_str()))
             }
-            Sent::Failed(e) => {
+            // An outcome mail is sent at most once: one that may have gone out is not resent.
+            Sent::Failed(e) | Sent::MaybeSent(e) => {
                 tracing::warn!(job, "outcome mail failed: {e}");
                 ("failed", Some(e.as_str()))
             }

@@ -20,8 +20,36 @@ use sha2::{Digest, Sha256};
 use crate::api::{Artefact, ClaimedOutput};
 use crate::smtp::{Mailer, Sent};
 
-/// A device refused or failed; the output is recorded `failed` with this message.
-pub type ChannelError = String;
+/// Why a device did not take the output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelError {
+    /// Not output, and trying again is harmless (the mail server is unreachable or refused
+    /// for now, `lp` could not queue the job, the spool directory could not be written):
+    /// the output goes back to pending with a delay (the channel's `retry_seconds`, doubled
+    /// per attempt) until its `max_attempts` are used up.
+    Retry(String),
+    /// Not output, and trying again would fail the same way (a bad recipient, a refusal for
+    /// good): the output is recorded `failed` for an operator.
+    Failed(String),
+}
+
+impl ChannelError {
+    pub fn message(&self) -> &str {
+        match self {
+            ChannelError::Retry(m) | ChannelError::Failed(m) => m,
+        }
+    }
+}
+
+impl std::fmt::Display for ChannelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+fn retry(message: String) -> ChannelError {
+    ChannelError::Retry(message)
+}
 
 /// The output's artefacts one after the other.
 fn combined(artefacts: &[Artefact]) -> Vec<u8> {
@@ -62,17 +90,18 @@ pub fn file(
     artefacts: &[Artefact],
 ) -> Result<(PathBuf, String), ChannelError> {
     let dir = spool.join(&output.target);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| retry(format!("cannot create {}: {e}", dir.display())))?;
     let ext = artefacts
         .first()
         .map(|a| extension(&a.format))
         .unwrap_or("txt");
     let path = dir.join(format!("{}.{ext}", base_name(output)));
-    let temp = dir.join(format!(
-        ".{}.{ext}.tmp-{}",
-        base_name(output),
-        std::process::id()
-    ));
+    // Each writer writes a temporary file of its own (a node that lost its claim but has
+    // not noticed yet never writes into ours), named after the output so that one left by
+    // a writer that died is recognised and removed below.
+    let temp_prefix = format!(".{}.{ext}.tmp-", base_name(output));
+    let temp = dir.join(format!("{temp_prefix}{}", std::process::id()));
     let content = combined(artefacts);
     let write = || -> std::io::Result<()> {
         use std::io::Write;
@@ -85,8 +114,21 @@ pub fn file(
     };
     write().map_err(|e| {
         let _ = std::fs::remove_file(&temp);
-        format!("cannot write {}: {e}", path.display())
+        retry(format!("cannot write {}: {e}", path.display()))
     })?;
+    // This writer holds the output's claim, so a temporary file of another writer of the
+    // same output was left by one whose claim is gone (its node died mid-write).
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&temp_prefix))
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
     Ok((path, checksum(&content)))
 }
 
@@ -109,9 +151,9 @@ fn private_dir(prefix: &str) -> Result<PathBuf, ChannelError> {
             Err(e) => last = Some(e),
         }
     }
-    Err(format!(
+    Err(retry(format!(
         "cannot create a private temporary directory: {last:?}"
-    ))
+    )))
 }
 
 /// Is `lp` (CUPS) on this host?
@@ -133,12 +175,13 @@ pub async fn print(output: &ClaimedOutput, artefacts: &[Artefact]) -> Result<Str
                 output.name, output.id
             ),
         )
-        .map_err(|e| format!("cannot write {}: {e}", banner.display()))?;
+        .map_err(|e| retry(format!("cannot write {}: {e}", banner.display())))?;
         files.push(banner);
     }
     for (i, a) in artefacts.iter().enumerate() {
         let f = dir.join(format!("{}-job-{}.{}", i + 1, a.job, extension(&a.format)));
-        std::fs::write(&f, &a.content).map_err(|e| format!("cannot write {}: {e}", f.display()))?;
+        std::fs::write(&f, &a.content)
+            .map_err(|e| retry(format!("cannot write {}: {e}", f.display())))?;
         files.push(f);
     }
     let mut command = tokio::process::Command::new("lp");
@@ -155,21 +198,24 @@ pub async fn print(output: &ClaimedOutput, artefacts: &[Artefact]) -> Result<Str
     command.arg("--").args(&files);
     let result = command.output().await;
     let _ = std::fs::remove_dir_all(&dir);
-    let out = result.map_err(|e| format!("cannot run lp: {e}"))?;
+    let out = result.map_err(|e| retry(format!("cannot run lp: {e}")))?;
+    // lp exits non-zero when the job was not queued (the scheduler is down, the queue
+    // refuses jobs): nothing was printed, so trying again later is safe.
     if !out.status.success() {
-        return Err(format!(
+        return Err(retry(format!(
             "lp -d {} failed ({}): {}",
             output.target,
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        )));
     }
     Ok(checksum(&combined(artefacts)))
 }
 
 /// Mail the output with its artefacts attached; the checksum of what was attached. A
-/// failure to reach the server or a temporary refusal is an error like any other (the
-/// output is recorded failed; an operator resends it).
+/// server that cannot be reached, refuses for now, or breaks off mid-send is tried again
+/// later (the Message-ID stays the same, so a mail that did arrive twice is recognisable
+/// as one); a refusal for good fails the output.
 pub async fn email(
     mailer: &Mailer,
     output: &ClaimedOutput,
@@ -197,7 +243,7 @@ pub async fn email(
     {
         builder = builder.to(to
             .parse()
-            .map_err(|e| format!("bad recipient {to:?}: {e}"))?);
+            .map_err(|e| ChannelError::Failed(format!("bad recipient {to:?}: {e}")))?);
     }
     let mut body = MultiPart::mixed().singlepart(SinglePart::plain(format!(
         "{}: {} document(s) attached.{}\n",
@@ -224,9 +270,10 @@ pub async fn email(
     }
     let message = builder
         .multipart(body)
-        .map_err(|e| format!("cannot build the mail: {e}"))?;
+        .map_err(|e| ChannelError::Failed(format!("cannot build the mail: {e}")))?;
     match mailer.send(message).await {
         Sent::Sent => Ok(checksum(&combined(artefacts))),
-        other => Err(format!("mail not sent: {other:?}")),
+        Sent::Retry(e) | Sent::MaybeSent(e) => Err(retry(e)),
+        Sent::Failed(e) => Err(ChannelError::Failed(e)),
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::{Client, Config};
 use tracing::Instrument;
 
-use super::channels;
+use super::channels::{self, ChannelError};
 use crate::api::{self, ApiError, ClaimedOutput};
 use crate::db;
 use crate::service::{self, Backoff};
@@ -139,7 +139,7 @@ async fn send_in_span(
         Err(ApiError::Database(e)) if e.as_db_error().is_some() => {
             let error = ApiError::Database(e).to_string();
             tracing::warn!("output failed: {error}");
-            api::record_output(client, output, false, None, Some(&error)).await?;
+            api::record_output(client, output, api::OutputEnd::Failed, None, Some(&error)).await?;
             return Ok(());
         }
         Err(e) => return Err(e),
@@ -156,29 +156,37 @@ async fn send_in_span(
     let result = match output.kind.as_str() {
         "file" => match &settings.spool_dir {
             Some(spool) => channels::file(spool, output, &artefacts).map(|(_, sum)| sum),
-            None => Err("this node has no --spool-dir".to_string()),
+            None => Err(ChannelError::Retry("this node has no --spool-dir".into())),
         },
         "print" => channels::print(output, &artefacts).await,
         "email" => match &settings.mailer {
             Some(mailer) => channels::email(mailer, output, &artefacts).await,
-            None => Err("this node has no --smtp-url".to_string()),
+            None => Err(ChannelError::Retry("this node has no --smtp-url".into())),
         },
-        other => Err(format!("unknown channel kind {other:?}")),
+        other => Err(ChannelError::Failed(format!(
+            "unknown channel kind {other:?}"
+        ))),
     };
     if callout {
         let mut end = details.clone();
         end["ok"] = serde_json::json!(result.is_ok());
         end["duration_ms"] = serde_json::json!(started.elapsed().as_millis() as u64);
         if let Err(e) = &result {
-            end["error"] = serde_json::json!(e);
+            end["error"] = serde_json::json!(e.message());
         }
         api::output_callout(client, output.id, "end", &end).await?;
     }
     let counted = match &result {
-        Ok(sum) => api::record_output(client, output, true, Some(sum), None).await?,
-        Err(e) => {
+        Ok(sum) => {
+            api::record_output(client, output, api::OutputEnd::Sent, Some(sum), None).await?
+        }
+        Err(ChannelError::Retry(e)) => {
+            tracing::warn!("output not sent, to be tried again: {e}");
+            api::record_output(client, output, api::OutputEnd::Retry, None, Some(e)).await?
+        }
+        Err(ChannelError::Failed(e)) => {
             tracing::warn!("output failed: {e}");
-            api::record_output(client, output, false, None, Some(e)).await?
+            api::record_output(client, output, api::OutputEnd::Failed, None, Some(e)).await?
         }
     };
     if counted {

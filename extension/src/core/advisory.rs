@@ -42,6 +42,18 @@ pub enum KeySpace {
     /// Held shared (session level) by every coordinator's output worker while it waits for
     /// work, so that a commit that makes an output due can wake them all; key: 0. "HRLW".
     OutputWorkers,
+    /// Held (session level, for the moment of a decision) by whoever decides whether a
+    /// request for a resource lock can be granted, so that two deciders never both see the
+    /// same free capacity; key: the resource name's hash. "HRLR".
+    LockDecision,
+    /// Held shared (session level) by every backend waiting for a resource lock, so that a
+    /// release (or a limit raised) can wake the waiters of that resource; key: the resource
+    /// name's hash. "HRLQ".
+    LockWaiters,
+    /// Held (session level, for the moment of the check) while a new wait for resource locks
+    /// is checked for a deadlock, so that two requests closing one cycle at once are seen
+    /// by one of the checks; key: 0. "HRLY".
+    LockGraph,
 }
 
 impl KeySpace {
@@ -55,6 +67,9 @@ impl KeySpace {
         KeySpace::ReportGroup,
         KeySpace::OutputClaim,
         KeySpace::OutputWorkers,
+        KeySpace::LockDecision,
+        KeySpace::LockWaiters,
+        KeySpace::LockGraph,
     ];
 
     /// The first key of locks in this space. Numbers stay below 2^31 so that they read the
@@ -69,6 +84,9 @@ impl KeySpace {
             KeySpace::ReportGroup => 0x4852_4C47,
             KeySpace::OutputClaim => 0x4852_4C4F,
             KeySpace::OutputWorkers => 0x4852_4C57,
+            KeySpace::LockDecision => 0x4852_4C52,
+            KeySpace::LockWaiters => 0x4852_4C51,
+            KeySpace::LockGraph => 0x4852_4C59,
         }
     }
 
@@ -83,6 +101,9 @@ impl KeySpace {
             KeySpace::ReportGroup => "report_group",
             KeySpace::OutputClaim => "output",
             KeySpace::OutputWorkers => "output_workers",
+            KeySpace::LockDecision => "lock_decision",
+            KeySpace::LockWaiters => "lock_waiters",
+            KeySpace::LockGraph => "lock_graph",
         }
     }
 
@@ -148,6 +169,21 @@ impl KeySpace {
         self.lock_for_transaction(key, pg_sys::ExclusiveLock);
     }
 
+    /// Take lock `key` of this space in `mode` at session level, waiting for it (a cancel
+    /// ends the wait with an error), and hold it until the guard is dropped (also when an
+    /// error unwinds past it).
+    pub fn hold_for_session(self, key: i32, mode: u32) -> SessionHold {
+        let tag = self.tag(key);
+        // SAFETY: a session-level lock with a valid tag, waited for as any lock wait (a
+        // cancel raises, and the wait is left). The guard releases exactly this hold.
+        unsafe { pg_sys::LockAcquire(&tag, mode as pg_sys::LOCKMODE, true, false) };
+        SessionHold {
+            space: self,
+            key,
+            mode,
+        }
+    }
+
     /// Take lock `key` of this space in `mode` at session level (kept across transactions
     /// until [`KeySpace::unlock_session`] or the end of the session), without waiting. False
     /// if a conflicting lock is held by another session.
@@ -185,6 +221,33 @@ impl KeySpace {
         };
         result != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
     }
+}
+
+/// A session-level advisory lock held until this guard is dropped
+/// ([`KeySpace::hold_for_session`]).
+#[must_use]
+pub struct SessionHold {
+    space: KeySpace,
+    key: i32,
+    mode: u32,
+}
+
+impl Drop for SessionHold {
+    fn drop(&mut self) {
+        self.space.unlock_session(self.key, self.mode);
+    }
+}
+
+/// The key of a named object (a class, a resource): a stable hash of its name (FNV-1a),
+/// the same in every backend. Two names with one hash share a lock, which only
+/// serializes them.
+pub fn text_key(name: &str) -> i32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        hash ^= b as u32;
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash as i32
 }
 
 /// `herald._lock_space(name)`: the first key of Herald's advisory locks of one kind.

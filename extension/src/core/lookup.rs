@@ -1,6 +1,8 @@
 //! Reading one row of a table by the value of its text primary key, straight through the
 //! key's index: no statement, no plan, no executor round. For hot paths that would
-//! otherwise run a one-row `SELECT ... WHERE key = $1` per call.
+//! otherwise run a one-row `SELECT ... WHERE key = $1` per call. And reading the rows of a
+//! small table as a dirty snapshot sees them ([`each_dirty`]): with the work of
+//! transactions still in progress.
 //!
 //! The row is read with the latest snapshot, as that `SELECT` run through SPI from the
 //! calling statement would read it (READ COMMITTED: what has committed by now, and this
@@ -106,5 +108,72 @@ pub fn by_text_key<R>(
         pg_sys::systable_endscan(scan);
         pg_sys::UnregisterSnapshot(snapshot);
         result
+    }
+}
+
+/// Hand every row of `table` whose text column `column` equals `key` (every row, with
+/// `key` None) to `f`, as a *dirty* snapshot sees them: what has committed, and what
+/// transactions in progress (this one and others) have written so far: a row another
+/// transaction is inserting is seen, and so is a row it is deleting (until it commits), so
+/// a row it updates is seen twice (old and new version). This is how PostgreSQL's own
+/// unique checks see work in progress; callers use it to count what other sessions are
+/// doing before they commit, and dedupe by key.
+pub fn each_dirty(table: pg_sys::Oid, column: &str, key: Option<&str>, mut f: impl FnMut(&Row)) {
+    let open = OpenTable::open(table, pg_sys::AccessShareLock);
+    let rel = open.rel();
+    // SAFETY: the table is open (and locked) for the whole scan. The dirty snapshot is a
+    // local SnapshotData as InitDirtySnapshot makes it (all zero but its type): non-MVCC
+    // snapshots are not registered, and the scan only reads it. Without an index the scan
+    // is a heap scan whose key (if any) compares the table column `column` with `texteq`
+    // under the column's collation. Each tuple is valid until the next getnext or the end
+    // of the scan, and `f` (which only reads it through `Row`) runs before either.
+    unsafe {
+        let probe = Row {
+            tuple: std::ptr::null_mut(),
+            desc: (*rel).rd_att,
+        };
+        let mut snapshot: pg_sys::SnapshotData = std::mem::zeroed();
+        snapshot.snapshot_type = pg_sys::SnapshotType::SNAPSHOT_DIRTY;
+        let mut scankey: pg_sys::ScanKeyData = std::mem::zeroed();
+        let nkeys = match key {
+            Some(key) => {
+                let attnum = probe.attnum(column);
+                let collation = (*(*rel).rd_att).attrs.as_slice(attnum as usize)
+                    [attnum as usize - 1]
+                    .attcollation;
+                let text = pg_sys::cstring_to_text_with_len(key.as_ptr().cast(), key.len() as i32);
+                pg_sys::ScanKeyEntryInitialize(
+                    &mut scankey,
+                    0,
+                    attnum as pg_sys::AttrNumber,
+                    pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+                    pg_sys::InvalidOid,
+                    collation,
+                    pg_sys::Oid::from(pg_sys::F_TEXTEQ),
+                    pg_sys::Datum::from(text),
+                );
+                1
+            }
+            None => 0,
+        };
+        let scan = pg_sys::systable_beginscan(
+            rel,
+            pg_sys::InvalidOid,
+            false,
+            &mut snapshot,
+            nkeys,
+            &mut scankey,
+        );
+        loop {
+            let tuple = pg_sys::systable_getnext(scan);
+            if tuple.is_null() {
+                break;
+            }
+            f(&Row {
+                tuple,
+                desc: (*rel).rd_att,
+            });
+        }
+        pg_sys::systable_endscan(scan);
     }
 }

@@ -4,6 +4,7 @@
 //! - [`errors`]: user mistakes become a clear `ERROR` with a hint
 //! - [`ffi`]: direct calls into PostgreSQL, one error boundary per step
 //! - [`plans`]: kept, generic plans of internal statements
+//! - [`spi`]: statements run once: the first value of the first row
 //! - [`datum`]: datum wrappers pgrx lacks (a jsonb passed through untouched)
 //! - [`catalog`]: the extension's owner and the oids of its own objects, owner switching
 //! - [`relation`]: opened relations that close themselves
@@ -24,6 +25,7 @@ pub mod invalidation;
 pub mod lookup;
 pub mod plans;
 pub mod relation;
+pub mod spi;
 pub mod subxact;
 pub mod wakeup;
 pub mod xact;

@@ -112,3 +112,38 @@ pub fn catch_all<F: FnOnce()>(f: F) -> Result<(), Raised> {
         .map_err(|e| *e)
     }
 }
+
+/// Run `f` in an internal subtransaction that is rolled back afterwards whatever happens:
+/// what `f` wrote is never kept, but while it runs it is there for others to see through a
+/// dirty snapshot (a request in a queue, say), and it vanishes at once when this returns,
+/// without waiting for the caller's transaction to end. Returns `f`'s result (which must
+/// not point into memory of the subtransaction: plain Rust values). An error raised by `f`
+/// goes on to the caller, after the rollback.
+pub fn rolled_back<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: as in `catch_all`: the subtransaction begun here is rolled back here on both
+    // paths, restoring the caller's memory context and resource owner; on error the
+    // caught error is thrown again once the rollback is done.
+    unsafe {
+        let old_context = pg_sys::CurrentMemoryContext;
+        let old_owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(old_context);
+        let f = std::panic::AssertUnwindSafe(f);
+        PgTryBuilder::new(move || {
+            let result = f();
+            pg_sys::MemoryContextSwitchTo(old_context);
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(old_context);
+            pg_sys::CurrentResourceOwner = old_owner;
+            result
+        })
+        .catch_others(move |e| {
+            pg_sys::MemoryContextSwitchTo(old_context);
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(old_context);
+            pg_sys::CurrentResourceOwner = old_owner;
+            e.rethrow()
+        })
+        .execute()
+    }
+}

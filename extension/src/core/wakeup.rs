@@ -24,6 +24,8 @@ enum Target {
     Holders(KeySpace, i32),
     /// The backend with this pid.
     Backend(i32),
+    /// As `Holders`, also when the transaction is rolled back.
+    HoldersAtEnd(KeySpace, i32),
 }
 
 thread_local! {
@@ -37,6 +39,19 @@ thread_local! {
 /// transaction commits.
 pub fn wake_holders_at_commit(space: KeySpace, key: i32) {
     wake_at_commit(Target::Holders(space, key));
+}
+
+/// Wake whoever holds advisory lock `key` of `space` when the current transaction ends,
+/// committed or rolled back (a waiter that leaves a queue by an error lets the next one
+/// look again).
+pub fn wake_holders_at_end(space: KeySpace, key: i32) {
+    wake_at_commit(Target::HoldersAtEnd(space, key));
+}
+
+/// Wake whoever holds advisory lock `key` of `space` now (for work that others see before
+/// this transaction commits, through a dirty snapshot).
+pub fn wake_holders_now(space: KeySpace, key: i32) {
+    wake_holders(space, key);
 }
 
 /// Wake the backend with `pid` when (and only if) the current transaction commits.
@@ -63,7 +78,7 @@ fn wake_at_commit(target: Target) {
 }
 
 /// Transaction callback: at commit (visible now), hand the targets to [`after_locks`];
-/// forget them on abort. (Subtransaction aborts keep them: a spurious wake-up only costs
+/// on abort hand over only those to wake at either end, and forget the rest. (Subtransaction aborts keep them: a spurious wake-up only costs
 /// the woken a look.)
 #[pg_guard]
 extern "C-unwind" fn at_xact_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
@@ -74,9 +89,17 @@ extern "C-unwind" fn at_xact_end(event: pg_sys::XactEvent::Type, _arg: *mut std:
         }
         // A prepared transaction commits later, elsewhere: its work is found by the
         // waiter's periodic look instead.
-        pg_sys::XactEvent::XACT_EVENT_ABORT
-        | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT
-        | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
+        pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
+            let targets = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+            COMMITTED.with(|c| {
+                c.borrow_mut().extend(
+                    targets
+                        .into_iter()
+                        .filter(|t| matches!(t, Target::HoldersAtEnd(..))),
+                )
+            });
+        }
+        pg_sys::XactEvent::XACT_EVENT_PREPARE => {
             PENDING.with(|p| p.borrow_mut().clear());
         }
         _ => {}
@@ -99,13 +122,12 @@ extern "C-unwind" fn after_locks(
         return;
     }
     let targets = COMMITTED.with(|c| std::mem::take(&mut *c.borrow_mut()));
-    if !is_commit {
-        return;
-    }
     for target in targets {
         match target {
-            Target::Holders(space, key) => wake_holders(space, key),
-            Target::Backend(pid) => wake_backend(pid),
+            Target::Holders(space, key) if is_commit => wake_holders(space, key),
+            Target::Backend(pid) if is_commit => wake_backend(pid),
+            Target::HoldersAtEnd(space, key) => wake_holders(space, key),
+            _ => {}
         }
     }
 }
@@ -141,5 +163,56 @@ fn wake_backend(pid: i32) {
         if !proc.is_null() {
             pg_sys::SetLatch(&mut (*proc).procLatch);
         }
+    }
+}
+
+/// The waiter's side: sleep on this backend's latch until it is set (a commit woke it, or
+/// a wake-up arrived while it was busy, which makes this return at once) or `timeout_ms`
+/// passes; then reset it and serve interrupts (a cancel raises here). True when woken.
+pub fn sleep(timeout_ms: i32) -> bool {
+    // SAFETY: waits on this backend's own latch, then resets it; WL_EXIT_ON_PM_DEATH ends
+    // the backend if the postmaster dies, as every backend wait does.
+    let events = unsafe {
+        let events = pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            timeout_ms.max(1) as std::ffi::c_long,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+        events
+    };
+    pg_sys::check_for_interrupts!();
+    events & pg_sys::WL_LATCH_SET as i32 != 0
+}
+
+/// Reset the latch, look, sleep until the latch is set or `deadline`; repeat until `look`
+/// finds something. The reset comes before the look, so a commit the look missed sets the
+/// latch afterwards and ends the sleep at once.
+pub fn wait_until<T>(
+    deadline: std::time::Instant,
+    mut look: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    loop {
+        // SAFETY: resets this backend's own latch.
+        unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
+        if let Some(found) = look() {
+            return Some(found);
+        }
+        let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+        if remaining.is_zero() {
+            return None;
+        }
+        // SAFETY: waits on this backend's own latch; WL_EXIT_ON_PM_DEATH ends the backend if
+        // the postmaster dies.
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                remaining.as_millis().max(1) as std::ffi::c_long,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+        }
+        pg_sys::check_for_interrupts!();
     }
 }

@@ -1,5 +1,6 @@
 //! `herald.add_system_listener`: listen to Herald's own events. Available now: `JOB` (job
-//! starts and stops, alerts) and `CALLOUT` (OS commands run by the coordinators). The other
+//! starts and stops, alerts), `CALLOUT` (OS commands run by the coordinators) and `LOCK`
+//! (resource locks acquired, waited for, released, expired, forced). The other
 //! system event types of the contract (`SYSTEM`, `LOGIN`, `CALLIN`) are refused with a
 //! clear error until they exist.
 //!
@@ -15,7 +16,7 @@ use crate::listeners::{self, NewSource};
 use crate::sessions;
 
 /// System event types that Herald produces.
-const AVAILABLE: &[&str] = &["JOB", "CALLOUT"];
+const AVAILABLE: &[&str] = &["JOB", "CALLOUT", "LOCK"];
 /// System event types of the contract that are not produced yet.
 const NOT_YET: &[&str] = &["SYSTEM", "LOGIN", "CALLIN"];
 

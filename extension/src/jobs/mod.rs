@@ -18,9 +18,9 @@
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 
-use crate::core::advisory::KeySpace;
+use crate::core::advisory::{self, KeySpace};
 use crate::core::catalog;
-use crate::core::errors;
+use crate::core::spi;
 use crate::core::wakeup;
 
 pub mod alerts;
@@ -93,28 +93,15 @@ pub fn claim_key(job: i64) -> i32 {
     (job as u64 & 0xffff_ffff) as u32 as i32
 }
 
-/// The key of a class's lock: a stable hash of its name (FNV-1a), the same in every backend.
+/// The key of a class's lock: a stable hash of its name, the same in every backend.
 pub fn class_key(class: &str) -> i32 {
-    let mut hash: u32 = 0x811c_9dc5;
-    for b in class.bytes() {
-        hash ^= b as u32;
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    hash as i32
+    advisory::text_key(class)
 }
 
 /// The first column of the first row of `sql`, run as the extension owner; None when there
 /// is no row (or it is NULL).
 pub fn first<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> Option<T> {
-    catalog::as_owner(|| {
-        errors::spi(Spi::connect_mut(|client| {
-            let rows = client.update(sql, Some(1), args)?;
-            if rows.is_empty() {
-                return Ok::<_, pgrx::spi::SpiError>(None);
-            }
-            rows.first().get::<T>(1)
-        }))
-    })
+    catalog::as_owner(|| spi::first(sql, args))
 }
 
 /// Wake every waiting job manager once the current transaction commits.

@@ -5,6 +5,7 @@ use pgrx::prelude::*;
 
 use crate::core::advisory::KeySpace;
 use crate::core::errors;
+use crate::core::wakeup;
 
 /// `herald.await_jobs(timeout_ms)`: returns true when woken, false on timeout. The first
 /// call makes this connection a job manager for the rest of the session (it holds the
@@ -17,17 +18,5 @@ fn await_jobs(timeout_ms: default!(Option<i32>, "1000")) -> bool {
     }
     // A wake-up sent while this connection was busy (claiming, running) left the latch
     // set, and makes this return at once: nothing sent after the last look is lost.
-    // SAFETY: waits on this backend's own latch, then resets it.
-    let events = unsafe {
-        let events = pg_sys::WaitLatch(
-            pg_sys::MyLatch,
-            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            timeout_ms.max(1) as std::ffi::c_long,
-            pg_sys::PG_WAIT_EXTENSION,
-        );
-        pg_sys::ResetLatch(pg_sys::MyLatch);
-        events
-    };
-    pg_sys::check_for_interrupts!();
-    events & pg_sys::WL_LATCH_SET as i32 != 0
+    wakeup::sleep(timeout_ms)
 }

@@ -167,7 +167,7 @@ pub fn refuse_reserved(types: &[String]) {
                     "Use herald.add_data_listener() for data-change events.".into()
                 } else {
                     "Choose another type name for user events, e.g. 'invoice'; Herald's \
-                     system events (JOB, CALLOUT) are listened to with herald.add_system_listener()."
+                     system events (JOB, CALLOUT, LOCK) are listened to with herald.add_system_listener()."
                         .into()
                 }),
             );

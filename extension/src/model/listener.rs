@@ -7,7 +7,9 @@ use super::session::Session;
 
 /// Event types that belong to Herald's built-in sources; `emit` and `add_event_listener`
 /// refuse them.
-pub const RESERVED_TYPES: &[&str] = &["SYSTEM", "LOGIN", "JOB", "CALLIN", "CALLOUT", "DATA"];
+pub const RESERVED_TYPES: &[&str] = &[
+    "SYSTEM", "LOGIN", "JOB", "CALLIN", "CALLOUT", "DATA", "LOCK",
+];
 
 /// A listener as the delivery code needs it.
 #[derive(Debug)]

@@ -19,7 +19,7 @@ fn await_events(queue: Option<&str>, timeout_ms: default!(Option<i32>, "1000")) 
     let queue = errors::required(queue, "queue");
     let timeout_ms = errors::required(timeout_ms, "timeout_ms").max(0) as i64;
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms as u64);
-    wait_until(deadline, || has_work(queue).then_some(true)).unwrap_or(false)
+    wakeup::wait_until(deadline, || has_work(queue).then_some(true)).unwrap_or(false)
 }
 
 /// `herald.await_queues(queues, timeout_ms)`: block until one of `queues` (the queues this
@@ -42,38 +42,11 @@ fn await_queues(
     }
     let queues: Vec<String> = queues.into_iter().flatten().collect();
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms);
-    wait_until(deadline, || {
+    wakeup::wait_until(deadline, || {
         let busy = queues_with_work(&queues);
         (!busy.is_empty()).then_some(busy)
     })
     .unwrap_or_default()
-}
-
-/// Reset the latch, look, sleep until the latch is set or `deadline`; repeat until `look`
-/// finds something. The reset comes before the look, so a commit the look missed sets the
-/// latch afterwards and ends the sleep at once.
-fn wait_until<T>(deadline: std::time::Instant, mut look: impl FnMut() -> Option<T>) -> Option<T> {
-    loop {
-        // SAFETY: resets this backend's own latch.
-        unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
-        if let Some(found) = look() {
-            return Some(found);
-        }
-        let remaining = deadline.saturating_duration_since(std::time::Instant::now());
-        if remaining.is_zero() {
-            return None;
-        }
-        // SAFETY: waits on this backend's own latch.
-        unsafe {
-            pg_sys::WaitLatch(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                remaining.as_millis().max(1) as std::ffi::c_long,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-        }
-        pg_sys::check_for_interrupts!();
-    }
 }
 
 /// The queues of `queues` with something for their drainer to do (see `has_work_any.sql`).

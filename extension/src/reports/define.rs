@@ -10,9 +10,10 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode as Code;
 use std::ffi::CString;
 
-use super::{first, is_admin, render};
+use super::{is_admin, render};
 use crate::core::catalog;
 use crate::core::errors::{self, raise};
+use crate::core::spi::first;
 
 const FORMATS: &[&str] = &["csv", "json", "text", "html"];
 
@@ -320,6 +321,28 @@ fn output_channel(
             "channel options must be a JSON object",
             None,
         );
+    }
+    // How often and how soon an output the device did not take for now is tried again.
+    for (key, integer) in [("retry_seconds", false), ("max_attempts", true)] {
+        let Some(value) = options.0.get(key) else {
+            continue;
+        };
+        let ok = if integer {
+            value.as_i64().is_some_and(|n| (1..=1000).contains(&n))
+        } else {
+            value.as_f64().is_some_and(|n| n > 0.0 && n <= 86400.0)
+        };
+        if !ok {
+            raise(
+                Code::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("bad channel option {key}: {value}"),
+                Some(if integer {
+                    "max_attempts is a whole number from 1 to 1000.".into()
+                } else {
+                    "retry_seconds is a number of seconds above 0, at most 86400.".into()
+                }),
+            );
+        }
     }
     let bad = match kind {
         "file" => (target.starts_with('/') || target.split('/').any(|p| p == ".."))

@@ -14,11 +14,12 @@
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode as Code;
 
-use super::{first, group_key, output, require_group_owner};
+use super::{group_key, output, require_group_owner};
 use crate::core::advisory::KeySpace;
 use crate::core::catalog;
 use crate::core::errors::{self, raise};
 use crate::core::plans;
+use crate::core::spi::first;
 use crate::core::xact;
 use crate::delivery;
 use std::cell::RefCell;

@@ -18,6 +18,7 @@ use pgrx::PgSqlErrorCode as Code;
 
 use crate::core::catalog;
 use crate::core::errors::{self, raise};
+use crate::core::spi::first;
 use crate::listeners::event_types;
 use crate::model::runner::{self, Runner};
 
@@ -57,17 +58,6 @@ fn output_key(id: i64) -> i32 {
 
 fn is_admin() -> bool {
     event_types::is_admin()
-}
-
-/// The first column of the first row of `sql`, None without one.
-fn first<T: FromDatum + IntoDatum>(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> Option<T> {
-    errors::spi(Spi::connect_mut(|client| {
-        let rows = client.update(sql, Some(1), args)?;
-        Ok::<_, pgrx::spi::SpiError>(match rows.into_iter().next() {
-            Some(row) => row.get::<T>(1)?,
-            None => None,
-        })
-    }))
 }
 
 /// Raise unless channel `name` exists.

@@ -14,10 +14,11 @@
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode as Code;
 
-use super::{first, output_key};
+use super::output_key;
 use crate::core::advisory::KeySpace;
 use crate::core::catalog;
 use crate::core::errors::{self, raise};
+use crate::core::spi::first;
 use crate::core::wakeup;
 use crate::delivery;
 
@@ -86,6 +87,7 @@ fn claim_output(
                 "SELECT o.id FROM herald.report_output o
                    JOIN herald.output_channel c ON c.name OPERATOR(pg_catalog.=) o.channel
                   WHERE o.state OPERATOR(pg_catalog.=) 'pending'
+                    AND (o.next_at IS NULL OR o.next_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp())
                     AND ($1::pg_catalog.text[] IS NULL OR c.kind OPERATOR(pg_catalog.=) ANY ($1))
                   ORDER BY o.id LIMIT 16",
                 None,
@@ -107,7 +109,8 @@ fn claim_output(
                         SET state = 'sending', epoch = o.epoch OPERATOR(pg_catalog.+) 1,
                             attempts = o.attempts OPERATOR(pg_catalog.+) 1, node = $2,
                             claim_pid = pg_catalog.pg_backend_pid(),
-                            sending_at = pg_catalog.clock_timestamp(), error = NULL
+                            sending_at = pg_catalog.clock_timestamp(), next_at = NULL,
+                            error = NULL
                        FROM herald.output_channel c
                       WHERE o.id OPERATOR(pg_catalog.=) $1
                         AND o.state OPERATOR(pg_catalog.=) 'pending'
@@ -175,6 +178,15 @@ fn output_artefacts(
     ),
 > {
     let id = errors::required(output, "output");
+    // The artefacts are the reports' output, readable by whoever performs it: the
+    // connection holding the output's claim, or a Herald administrator.
+    if !super::is_admin() && claimed_by_me(id).is_none() {
+        raise(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("output {id} is not being sent by this connection"),
+            Some("Claim it first with herald.claim_output().".into()),
+        );
+    }
     let rows: Vec<(i64, String, String, String, Option<Vec<u8>>, Option<String>)> =
         catalog::as_owner(|| {
             Spi::connect(|client| {
@@ -225,9 +237,11 @@ fn output_artefacts(
 }
 
 /// `herald.record_output(output, epoch, state, checksum, error)`: the end of an output
-/// this connection claimed: `sent` or `failed`. It counts only if `epoch` is still the
-/// record's (a newer claim has a higher one) and the record is `sending`; returns whether
-/// it counted. Releases the claim.
+/// this connection claimed: `sent`, `failed`, or `retry` (the device did not take it for
+/// now: pending again after the channel's retry delay, doubled per attempt, or `failed`
+/// once its attempts are used up). It counts only if `epoch` is still the record's (a
+/// newer claim has a higher one) and the record is `sending`; returns whether it counted.
+/// Releases the claim.
 #[pg_extern(volatile, parallel_unsafe)]
 fn record_output(
     output: Option<i64>,
@@ -239,11 +253,11 @@ fn record_output(
     let id = errors::required(output, "output");
     let epoch = errors::required(epoch, "epoch");
     let state = errors::required(state, "state");
-    if state != "sent" && state != "failed" {
+    if !matches!(state, "sent" | "failed" | "retry") {
         raise(
             Code::ERRCODE_INVALID_PARAMETER_VALUE,
             format!(
-                "an output ends 'sent' or 'failed', not \"{}\"",
+                "an output ends 'sent', 'failed' or 'retry', not \"{}\"",
                 errors::shown(state)
             ),
             None,
@@ -251,12 +265,34 @@ fn record_output(
     }
     let counted = catalog::as_owner(|| {
         first::<i64>(
-            "UPDATE herald.report_output
-                SET state = $3, checksum = COALESCE($4, checksum), error = $5,
-                    ended_at = pg_catalog.clock_timestamp(), claim_pid = NULL
-              WHERE id OPERATOR(pg_catalog.=) $1 AND epoch OPERATOR(pg_catalog.=) $2
-                AND state OPERATOR(pg_catalog.=) 'sending'
-              RETURNING id",
+            "UPDATE herald.report_output o
+                SET state = CASE WHEN $3 OPERATOR(pg_catalog.<>) 'retry' THEN $3
+                                 WHEN o.attempts OPERATOR(pg_catalog.>=) r.max_attempts THEN 'failed'
+                                 ELSE 'pending' END,
+                    checksum = COALESCE($4, o.checksum),
+                    error = CASE WHEN $3 OPERATOR(pg_catalog.=) 'retry'
+                                  AND o.attempts OPERATOR(pg_catalog.>=) r.max_attempts
+                                 THEN $5 OPERATOR(pg_catalog.||) ' (after '
+                                      OPERATOR(pg_catalog.||) o.attempts OPERATOR(pg_catalog.||) ' attempts)'
+                                 ELSE $5 END,
+                    ended_at = CASE WHEN $3 OPERATOR(pg_catalog.=) 'retry'
+                                     AND o.attempts OPERATOR(pg_catalog.<) r.max_attempts
+                                    THEN NULL ELSE pg_catalog.clock_timestamp() END,
+                    next_at = CASE WHEN $3 OPERATOR(pg_catalog.=) 'retry'
+                                    AND o.attempts OPERATOR(pg_catalog.<) r.max_attempts
+                                   THEN pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+)
+                                        pg_catalog.make_interval(secs => LEAST(3600,
+                                            r.retry_seconds OPERATOR(pg_catalog.*)
+                                            (2 OPERATOR(pg_catalog.^) (o.attempts OPERATOR(pg_catalog.-) 1)))) END,
+                    claim_pid = NULL
+               FROM (SELECT COALESCE((c.options OPERATOR(pg_catalog.->>) 'retry_seconds')::pg_catalog.float8, 60) AS retry_seconds,
+                            COALESCE((c.options OPERATOR(pg_catalog.->>) 'max_attempts')::pg_catalog.int4, 5) AS max_attempts
+                       FROM herald.report_output x
+                       LEFT JOIN herald.output_channel c ON c.name OPERATOR(pg_catalog.=) x.channel
+                      WHERE x.id OPERATOR(pg_catalog.=) $1) r
+              WHERE o.id OPERATOR(pg_catalog.=) $1 AND o.epoch OPERATOR(pg_catalog.=) $2
+                AND o.state OPERATOR(pg_catalog.=) 'sending'
+              RETURNING o.id",
             &[
                 id.into(),
                 epoch.into(),
@@ -402,19 +438,7 @@ fn await_outputs(timeout_ms: default!(Option<i32>, "1000")) -> bool {
     if !KeySpace::OutputWorkers.held_in_mode_by_me(0, pg_sys::ShareLock) {
         KeySpace::OutputWorkers.try_lock_for_session(0, pg_sys::ShareLock);
     }
-    // SAFETY: waits on this backend's own latch, then resets it.
-    let events = unsafe {
-        let events = pg_sys::WaitLatch(
-            pg_sys::MyLatch,
-            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            timeout_ms.max(1) as std::ffi::c_long,
-            pg_sys::PG_WAIT_EXTENSION,
-        );
-        pg_sys::ResetLatch(pg_sys::MyLatch);
-        events
-    };
-    pg_sys::check_for_interrupts!();
-    events & pg_sys::WL_LATCH_SET as i32 != 0
+    wakeup::sleep(timeout_ms)
 }
 
 /// `herald.output_callout(output, action, details)`: a CALLOUT event (action `begin` or
@@ -432,24 +456,7 @@ fn output_callout(output: Option<i64>, action: Option<&str>, details: Option<pgr
             Some("Actions: 'begin', 'end'.".into()),
         );
     }
-    let claimed = catalog::as_owner(|| {
-        Spi::connect(|client| {
-            let rows = errors::spi(client.select(
-                "SELECT channel, node, group_id FROM herald.report_output
-                  WHERE id OPERATOR(pg_catalog.=) $1 AND state OPERATOR(pg_catalog.=) 'sending'
-                    AND claim_pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()",
-                None,
-                &[id.into()],
-            ));
-            rows.into_iter().next().map(|r| {
-                (
-                    r.get::<String>(1).ok().flatten().unwrap_or_default(),
-                    r.get::<String>(2).ok().flatten(),
-                    r.get::<i64>(3).ok().flatten(),
-                )
-            })
-        })
-    });
+    let claimed = claimed_by_me(id);
     let Some((channel, node, group)) = claimed else {
         raise(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -471,4 +478,27 @@ fn output_callout(output: Option<i64>, action: Option<&str>, details: Option<pgr
         .into_datum()
         .unwrap_or(pg_sys::Datum::from(0));
     delivery::publish_system("CALLOUT", action, &channel, datum);
+}
+
+/// The channel, node and group of output `id` if this connection holds its claim (it is
+/// `sending`, claimed by this backend).
+fn claimed_by_me(id: i64) -> Option<(String, Option<String>, Option<i64>)> {
+    catalog::as_owner(|| {
+        Spi::connect(|client| {
+            let rows = errors::spi(client.select(
+                "SELECT channel, node, group_id FROM herald.report_output
+                  WHERE id OPERATOR(pg_catalog.=) $1 AND state OPERATOR(pg_catalog.=) 'sending'
+                    AND claim_pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()",
+                None,
+                &[id.into()],
+            ));
+            rows.into_iter().next().map(|r| {
+                (
+                    r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                    r.get::<String>(2).ok().flatten(),
+                    r.get::<i64>(3).ok().flatten(),
+                )
+            })
+        })
+    })
 }

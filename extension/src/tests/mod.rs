@@ -4,6 +4,7 @@ pub mod helpers;
 
 mod capture;
 mod jobs;
+mod locks;
 mod operations;
 mod privileges;
 mod queues;

@@ -294,7 +294,7 @@ mod tests {
         assert_eq!(one::<bool>("SELECT herald.release_queue('q')"), Some(true));
         assert_error(
             "SELECT herald._lock_space('jobs?')",
-            "unknown advisory lock space \"jobs?\" | Herald's lock spaces: queue, producers, job, job_managers, job_class, report_group, output, output_workers.",
+            "unknown advisory lock space \"jobs?\" | Herald's lock spaces: queue, producers, job, job_managers, job_class, report_group, output, output_workers, lock_decision, lock_waiters, lock_graph.",
         );
     }
 

@@ -577,4 +577,79 @@ mod tests {
             "not \"lost\"",
         );
     }
+
+    #[pg_test]
+    fn an_output_refused_for_now_is_retried_later_until_its_attempts_are_used_up() {
+        fixture();
+        run(
+            r#"SELECT herald.output_channel('flaky', 'email', 'books@example.com', '{"retry_seconds": 30, "max_attempts": 2}')"#,
+        );
+        assert_error(
+            r#"SELECT herald.output_channel('bad', 'email', 'a@example.com', '{"max_attempts": 0}')"#,
+            "bad channel option max_attempts",
+        );
+        assert_error(
+            r#"SELECT herald.output_channel('bad', 'email', 'a@example.com', '{"retry_seconds": "soon"}')"#,
+            "bad channel option retry_seconds",
+        );
+        let job = one::<i64>("SELECT herald.submit_report('invoices', output => 'flaky')").unwrap();
+        run_all();
+        let out = one::<i64>("SELECT id FROM herald.claim_output('n1')").unwrap();
+        assert_eq!(
+            out,
+            one::<i64>(&format!(
+                "SELECT id FROM herald.report_output WHERE job = {job}"
+            ))
+            .unwrap()
+        );
+        // The server was unreachable: pending again, not before its delay.
+        assert!(one::<bool>(&format!(
+            "SELECT herald.record_output({out}, 1, 'retry', NULL, 'cannot reach the server')"
+        ))
+        .unwrap());
+        assert_eq!(
+            one::<String>(&format!(
+                "SELECT state || ' ' || attempts || ' ' || error || ' ' ||
+                        (next_at BETWEEN clock_timestamp() + interval '25 s' AND clock_timestamp() + interval '31 s')
+                   FROM herald.report_output WHERE id = {out}"
+            ))
+            .unwrap(),
+            "pending 1 cannot reach the server true"
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM herald.claim_output('n1')"),
+            0,
+            "not due yet"
+        );
+        run(&format!(
+            "UPDATE herald.report_output SET next_at = clock_timestamp() - interval '1 s' WHERE id = {out}"
+        ));
+        assert_eq!(
+            one::<i64>("SELECT epoch FROM herald.claim_output('n1')"),
+            Some(2)
+        );
+        // The last attempt refused too: failed, for an operator.
+        assert!(one::<bool>(&format!(
+            "SELECT herald.record_output({out}, 2, 'retry', NULL, 'cannot reach the server')"
+        ))
+        .unwrap());
+        assert_eq!(
+            one::<String>(&format!(
+                "SELECT state || ' ' || error || ' ' || (next_at IS NULL) FROM herald.report_output WHERE id = {out}"
+            ))
+            .unwrap(),
+            "failed cannot reach the server (after 2 attempts) true"
+        );
+        // Artefacts are read by the connection holding the output's claim (or an
+        // administrator), not by whoever may call the function.
+        run("CREATE ROLE node LOGIN");
+        run("GRANT USAGE ON SCHEMA herald TO node");
+        run("GRANT EXECUTE ON FUNCTION herald.output_artefacts(bigint) TO node");
+        run("SET ROLE node");
+        assert_error(
+            &format!("SELECT count(*) FROM herald.output_artefacts({out})"),
+            "is not being sent by this connection",
+        );
+        run("RESET ROLE");
+    }
 }
