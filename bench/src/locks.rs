@@ -49,9 +49,9 @@ pub async fn run(
             "SELECT pg_advisory_lock(:client_id);\nSELECT pg_advisory_unlock(:client_id);",
             seconds,
         )?);
-        db.batch_execute("VACUUM ANALYZE herald.lock_holder; VACUUM bench_lock_row")
-            .await
-            .map_err(super::pg)?;
+        for sql in ["VACUUM ANALYZE herald.lock_holder", "VACUUM bench_lock_row"] {
+            db.batch_execute(sql).await.map_err(super::pg)?;
+        }
     }
     // Each script is two transactions.
     println!("   herald acquire+release  {:>10.0} tx/s", herald * 2.0);

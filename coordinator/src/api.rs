@@ -540,6 +540,65 @@ pub struct ReportCount {
     pub count: i64,
 }
 
+/// One row of `herald.locks`, for `herald status`.
+#[derive(Clone, Debug)]
+pub struct LockRow {
+    pub resource: String,
+    pub kind: String,
+    pub limit: i32,
+    /// 'holder', 'waiter', or None for a resource nobody holds.
+    pub role: Option<String>,
+    pub holder: Option<String>,
+    pub count: Option<i32>,
+    pub token: Option<i64>,
+    pub position: Option<i32>,
+    /// How long it has waited (waiter) or until its lease ends (holder), as text.
+    pub info: Option<String>,
+}
+
+/// Every resource with its holders and waiters (`herald.locks`); None if this role may not
+/// read the view (or the database has no locks yet).
+pub async fn locks(client: &Client) -> Result<Option<Vec<LockRow>>, ApiError> {
+    let allowed: bool = client
+        .query_one(
+            "SELECT to_regclass('herald.locks') IS NOT NULL
+                AND has_table_privilege('herald.locks', 'SELECT')
+                AND has_function_privilege('herald.lock_status()', 'EXECUTE')",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !allowed {
+        return Ok(None);
+    }
+    let rows = client
+        .query(
+            "SELECT resource, kind, lock_limit, role, holder, count, token, position,
+                    CASE role WHEN 'waiter' THEN 'waits ' || date_trunc('second', waited)::text
+                              WHEN 'holder' THEN CASE WHEN expired THEN 'lease expired'
+                                   ELSE 'lease ends in ' || date_trunc('second', expires_at - now())::text END
+                    END
+               FROM herald.locks",
+            &[],
+        )
+        .await?;
+    Ok(Some(
+        rows.iter()
+            .map(|r| LockRow {
+                resource: r.get(0),
+                kind: r.get(1),
+                limit: r.get(2),
+                role: r.get(3),
+                holder: r.get(4),
+                count: r.get(5),
+                token: r.get(6),
+                position: r.get(7),
+                info: r.get(8),
+            })
+            .collect(),
+    ))
+}
+
 /// May this role read report groups and output records?
 pub async fn can_read_reports(client: &Client) -> Result<bool, ApiError> {
     Ok(client

@@ -1,6 +1,6 @@
 //! `herald status`: queues, backlogs, and which node drains what; jobs by class and state,
 //! what runs where and what waits for which class; report groups and outputs by state, and
-//! what waits for an operator.
+//! what waits for an operator; resource locks with their holders and waiters.
 use tokio_postgres::Client;
 
 use crate::api::{self, ApiError};
@@ -40,6 +40,7 @@ pub async fn print(client: &Client) -> Result<(), ApiError> {
     }
     print_jobs(client).await?;
     print_reports(client).await?;
+    print_locks(client).await?;
     let nodes = api::coordinator_nodes(client).await?;
     println!();
     println!(
@@ -129,6 +130,41 @@ async fn print_reports(client: &Client) -> Result<(), ApiError> {
     for (what, state, error) in &problems {
         let error: String = error.chars().take(80).collect();
         println!("{what:<36} {state:<10} {error}");
+    }
+    Ok(())
+}
+
+async fn print_locks(client: &Client) -> Result<(), ApiError> {
+    let Some(rows) = api::locks(client).await? else {
+        println!();
+        println!("(locks: this role may not read herald.locks; herald_ops may)");
+        return Ok(());
+    };
+    if rows.is_empty() {
+        return Ok(());
+    }
+    println!();
+    println!(
+        "{:<20} {:<10} {:>5} {:<7} {:<20} {:>5} {:>10}  ",
+        "resource", "kind", "limit", "role", "holder", "count", "token/pos"
+    );
+    for r in &rows {
+        let which = match (r.token, r.position) {
+            (Some(t), _) => t.to_string(),
+            (None, Some(p)) => format!("#{p}"),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<20} {:<10} {:>5} {:<7} {:<20} {:>5} {:>10}  {}",
+            r.resource,
+            r.kind,
+            r.limit,
+            r.role.as_deref().unwrap_or("free"),
+            r.holder.as_deref().unwrap_or("-"),
+            r.count.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+            which,
+            r.info.as_deref().unwrap_or(""),
+        );
     }
     Ok(())
 }

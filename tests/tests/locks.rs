@@ -224,6 +224,23 @@ async fn a_deadlock_between_two_holders_is_refused_when_it_would_form() {
         acquire(&a, "disk", "A", 1, "60 s").await
     });
     wait_waiters(&db, "disk", 1).await;
+    // `herald status` shows both holders and the waiter in its place.
+    let out = std::process::Command::new(herald_bin())
+        .args(["status", "--database-url", &env.url()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let line = |needle: &[&str]| text.lines().any(|l| needle.iter().all(|n| l.contains(n)));
+    assert!(
+        line(&["printer", "holder", "A", &a_printer.to_string()]),
+        "{text}"
+    );
+    assert!(
+        line(&["disk", "holder", "B", &b_disk.to_string()]),
+        "{text}"
+    );
+    assert!(line(&["disk", "waiter", "A", "#1", "waits"]), "{text}");
     let refused = b
         .query_one(
             "SELECT herald.lock_acquire('printer', 'B', wait => '60 s')",
@@ -544,4 +561,45 @@ async fn a_terminated_or_cancelled_waiter_leaves_the_queue() {
     release(&db, "printer", "holder", t).await;
     assert!(last.await.unwrap().is_some());
     assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+/// A lapsed lease that nobody waits for is expired by a coordinator within about a second
+/// (LOCK/EXPIRED once), so the view stops showing a holder that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_expires_a_lapsed_lease_nobody_waits_for() {
+    let (env, db) = Env::start().await;
+    db.batch_execute(SETUP).await.unwrap();
+    let mut node = env.coordinator("expirer");
+    let token: i64 = db
+        .query_one(
+            "SELECT herald.lock_acquire('printer', 'forgetful', lease => '1 s')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    wait_for(
+        &db,
+        &format!(
+            "SELECT NOT EXISTS (SELECT FROM herald.lock_holder WHERE token = {token})
+                AND EXISTS (SELECT FROM lock_events WHERE action = 'EXPIRED')"
+        ),
+        10,
+        "the coordinator expired the lease",
+    )
+    .await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM lock_events WHERE action = 'EXPIRED'"
+        )
+        .await,
+        1
+    );
+    assert!(
+        !env.log_of("expirer").contains("resource locks:"),
+        "{}",
+        env.log_of("expirer")
+    );
+    assert!(node.terminate().success());
 }

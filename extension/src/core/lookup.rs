@@ -156,10 +156,20 @@ pub fn each_dirty(table: pg_sys::Oid, column: &str, key: Option<&str>, mut f: im
             }
             None => 0,
         };
+        // With a key, through the primary key's index when `column` leads it (no walk over
+        // the dead rows a busy small table collects between vacuums).
+        let mut index = pg_sys::InvalidOid;
+        if nkeys == 1 {
+            pg_sys::RelationGetIndexList(rel);
+            let pk = (*rel).rd_pkindex;
+            if pk != pg_sys::InvalidOid && first_index_column(pk) == probe.attnum(column) {
+                index = pk;
+            }
+        }
         let scan = pg_sys::systable_beginscan(
             rel,
-            pg_sys::InvalidOid,
-            false,
+            index,
+            index != pg_sys::InvalidOid,
             &mut snapshot,
             nkeys,
             &mut scankey,
@@ -175,5 +185,18 @@ pub fn each_dirty(table: pg_sys::Oid, column: &str, key: Option<&str>, mut f: im
             });
         }
         pg_sys::systable_endscan(scan);
+    }
+}
+
+/// The table column number of the first column of index `index`.
+fn first_index_column(index: pg_sys::Oid) -> i32 {
+    // SAFETY: opens the index (which exists: it is the primary key of a table open and
+    // locked by the caller) with a lock as light as a scan's, reads its first key column
+    // from the index's pg_index row, and closes it.
+    unsafe {
+        let rel = pg_sys::index_open(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let attnum = *(*(*rel).rd_index).indkey.values.as_slice(1).as_ptr() as i32;
+        pg_sys::index_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        attnum
     }
 }

@@ -25,6 +25,7 @@ use super::{event, graph, holder_name, key, now, resource, Resource};
 use crate::core::advisory::{KeySpace, SessionHold};
 use crate::core::catalog;
 use crate::core::errors::{self, raise};
+use crate::core::plans;
 use crate::core::spi::first;
 use crate::core::subxact;
 use crate::core::wakeup;
@@ -293,7 +294,8 @@ fn grant(request: &Request, requested_at: i64) -> Vec<i64> {
         }
         let row = catalog::as_owner(|| {
             Spi::connect_mut(|client| {
-                let rows = errors::spi(client.update(
+                let rows = plans::execute(
+                    client,
                     "INSERT INTO herald.lock_holder
                             (resource, token, holder, count, acquired_at, expires_at, requested_at)
                      SELECT r.name, pg_catalog.nextval('herald.lock_token_seq'), $2, $3,
@@ -303,19 +305,25 @@ fn grant(request: &Request, requested_at: i64) -> Vec<i64> {
                                 OPERATOR(pg_catalog.+) 946684800)
                        FROM herald.resource r WHERE r.name OPERATOR(pg_catalog.=) $1
                      RETURNING token, expires_at::pg_catalog.text",
-                    None,
                     &[
-                        name.as_str().into(),
-                        request.holder.as_str().into(),
-                        request.count.into(),
-                        request.lease.into(),
-                        requested_at.into(),
+                        pg_sys::TEXTOID,
+                        pg_sys::TEXTOID,
+                        pg_sys::INT4OID,
+                        pg_sys::INTERVALOID,
+                        pg_sys::INT8OID,
                     ],
-                ));
-                rows.into_iter().next().map(|r| {
+                    &[
+                        name.as_str().into_datum(),
+                        request.holder.as_str().into_datum(),
+                        request.count.into_datum(),
+                        request.lease.into_datum(),
+                        requested_at.into_datum(),
+                    ],
+                );
+                (!rows.is_empty()).then(|| {
                     (
-                        r.get::<i64>(1).ok().flatten().unwrap_or(0),
-                        r.get::<String>(2).ok().flatten().unwrap_or_default(),
+                        rows.get::<i64>(0, 1).unwrap_or(0),
+                        rows.get::<String>(0, 2).unwrap_or_default(),
                     )
                 })
             })

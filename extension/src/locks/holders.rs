@@ -10,6 +10,7 @@ use pgrx::PgSqlErrorCode as Code;
 use super::{event, holder_name, is_admin, wake_waiters_at_commit};
 use crate::core::catalog;
 use crate::core::errors::{self, raise};
+use crate::core::plans;
 use crate::core::spi::first;
 
 /// `herald.lock_renew(resource, holder, token, lease)`: extend the lease of a grant that
@@ -68,14 +69,23 @@ fn lock_release(resource: Option<&str>, holder: Option<&str>, token: Option<i64>
     let token = errors::required(token, "token");
     super::resource(resource);
     let released = catalog::as_owner(|| {
-        first::<i32>(
-            "DELETE FROM herald.lock_holder
-              WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $3
-                AND holder OPERATOR(pg_catalog.=) $2
-                AND expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()
-              RETURNING count",
-            &[resource.into(), holder.as_str().into(), token.into()],
-        )
+        Spi::connect_mut(|client| {
+            let rows = plans::execute(
+                client,
+                "DELETE FROM herald.lock_holder
+                  WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $3
+                    AND holder OPERATOR(pg_catalog.=) $2
+                    AND expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()
+                  RETURNING count",
+                &[pg_sys::TEXTOID, pg_sys::TEXTOID, pg_sys::INT8OID],
+                &[
+                    resource.into_datum(),
+                    holder.as_str().into_datum(),
+                    token.into_datum(),
+                ],
+            );
+            (!rows.is_empty()).then(|| rows.get::<i32>(0, 1).unwrap_or(0))
+        })
     });
     let Some(count) = released else {
         not_held(resource, &holder, token, "release")
@@ -202,8 +212,8 @@ pub fn expire(resource: &str, token: i64) -> bool {
 fn expire_locks() -> i32 {
     catalog::require_primary("herald.expire_locks()");
     let lapsed: Vec<(String, i64)> = catalog::as_owner(|| {
-        Spi::connect(|client| {
-            let rows = errors::spi(client.select(
+        Spi::connect_mut(|client| {
+            let rows = errors::spi(client.update(
                 "SELECT resource, token FROM herald.lock_holder
                   WHERE expires_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()
                   ORDER BY resource, token FOR UPDATE SKIP LOCKED",

@@ -207,9 +207,10 @@ fn cells(query: &str, params: &pgrx::JsonB, mut each: impl FnMut(Row)) -> i64 {
     let mut count = 0;
     cursor(query, params, |tuptable, n, first| {
         // SAFETY: `tuptable` holds `n` rows of its descriptor, valid until it is freed by
-        // `cursor` after this call; each value is read with heap_getattr and converted by
-        // its type's output function (fmgr infos made once per batch; the strings are
-        // palloc'd in the batch's memory context).
+        // `cursor` after this call; each row is deformed into `values`/`nulls` (natts long,
+        // as heap_deform_tuple requires) and each value converted by its type's output
+        // function (fmgr infos made once per batch; the strings are palloc'd in the batch's
+        // memory context, which outlives their use in `each`).
         unsafe {
             let desc = (*tuptable).tupdesc;
             let natts = (*desc).natts as usize;
@@ -234,18 +235,20 @@ fn cells(query: &str, params: &pgrx::JsonB, mut each: impl FnMut(Row)) -> i64 {
                 pg_sys::fmgr_info(func, &mut info);
                 infos.push(info);
             }
-            let mut texts: Vec<Option<*mut std::ffi::c_char>> = vec![None; natts];
+            let mut strs: Vec<Option<&str>> = Vec::with_capacity(natts);
+            let mut values = vec![pg_sys::Datum::from(0); natts];
+            let mut nulls = vec![false; natts];
             for r in 0..n {
                 let tuple = *(*tuptable).vals.add(r);
+                // One pass over the tuple for all its columns.
+                pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+                strs.clear();
                 for (c, info) in infos.iter_mut().enumerate() {
-                    let mut isnull = false;
-                    let value = pg_sys::heap_getattr(tuple, c as i32 + 1, desc, &mut isnull);
-                    texts[c] = (!isnull).then(|| pg_sys::OutputFunctionCall(info, value));
+                    strs.push((!nulls[c]).then(|| {
+                        let p = pg_sys::OutputFunctionCall(info, values[c]);
+                        CStr::from_ptr(p).to_str().unwrap_or("")
+                    }));
                 }
-                let strs: Vec<Option<&str>> = texts
-                    .iter()
-                    .map(|t| t.map(|p| CStr::from_ptr(p).to_str().unwrap_or("")))
-                    .collect();
                 each(Row::Cells(&strs));
                 count += 1;
             }
