@@ -134,7 +134,9 @@ pub extern "C-unwind" fn _PG_init() {
     jobs::callee::init();
     jobs::store::init();
     jobs::submit::init();
+    jobs::resources::init();
     reports::init();
+    locks::for_jobs::init();
 }
 
 /// Required by `cargo pgrx test`.

@@ -24,9 +24,9 @@ GRANT SELECT ON herald.listener, herald.event_type TO herald_app;
 --    it, the type's submit_roles and administrators may submit its jobs, and a job's
 --    submitter may finish, abort or retry it.
 GRANT EXECUTE ON FUNCTION herald.create_job_type(text, text, text, text, text, text, text, text,
-                              boolean, boolean, boolean, boolean, integer, interval, text[]),
+                              boolean, boolean, boolean, boolean, integer, interval, text[], jsonb),
                           herald.drop_job_type(text),
-                          herald.submit_job(text, jsonb, text, text, timestamptz),
+                          herald.submit_job(text, jsonb, text, text, timestamptz, jsonb),
                           herald.mark_job_finished(bigint, jsonb),
                           herald.abort_job(bigint, text),
                           herald.retry_job(bigint) TO herald_app;

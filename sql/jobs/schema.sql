@@ -125,7 +125,9 @@ CREATE TABLE herald.job_type (
     -- Roles (with their members) that may submit jobs of this type, beside its owner and
     -- Herald administrators.
     submit_roles      regrole[] NOT NULL DEFAULT '{}',
-    created_at        timestamptz NOT NULL DEFAULT pg_catalog.now()
+    created_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- Resource locks its jobs hold while they run, {"resource": count, ...} (NULL: none).
+    resources         jsonb
 );
 COMMENT ON TABLE herald.job_type IS
     'Herald job types; use herald.create_job_type() and herald.drop_job_type().';
@@ -181,7 +183,12 @@ CREATE TABLE herald.job (
     mail_node       text,
     mail_attempts   integer NOT NULL DEFAULT 0,
     mail_next_at    timestamptz,
-    mail_error      text
+    mail_error      text,
+    -- The resource locks the job holds while it runs, {"resource": count, ...}: its type's
+    -- and its own (NULL: none). A due job whose claim cannot have them all at once queues
+    -- for them (FIFO with every other request) and waits with run_after 'infinity' until
+    -- the release that lets it in makes it due again.
+    resources       jsonb
 );
 -- Waiting jobs, by class in the order they fall due (run_after, id): an order the primary
 -- key cannot give, so that claims never walk past ended jobs.

@@ -52,6 +52,9 @@ CREATE TABLE herald.lock_holder (
     expires_at  timestamptz NOT NULL,
     -- When it was asked for (its wait started), for wait times.
     requested_at timestamptz NOT NULL,
+    -- The job the grant is for (a job that declares resources), which releases it when it
+    -- ends; NULL for a grant to a caller of herald.lock_acquire.
+    job          bigint,
     PRIMARY KEY (resource, token)
 );
 COMMENT ON TABLE herald.lock_holder IS 'Herald resource lock holders; see the view herald.locks.';
@@ -59,7 +62,9 @@ SELECT pg_catalog.pg_extension_config_dump('herald.lock_holder', '');
 
 ------------------------------------------------------------------------------------------
 -- Requests waiting for a grant, in ticket order per resource. A waiting session's row lives
--- in a subtransaction of its herald.lock_acquire call (never committed); see above.
+-- in a subtransaction of its herald.lock_acquire call (never committed; pid is the
+-- session's); see above. A job's request (job set, pid NULL) is committed: it waits in line
+-- until a release grants it or the job ends.
 ------------------------------------------------------------------------------------------
 CREATE TABLE herald.lock_request (
     resource     text NOT NULL,
@@ -67,10 +72,15 @@ CREATE TABLE herald.lock_request (
     holder       text NOT NULL,
     count        integer NOT NULL,
     requested_at timestamptz NOT NULL,
-    pid          integer NOT NULL,
-    PRIMARY KEY (resource, ticket)
+    pid          integer,
+    job          bigint,
+    PRIMARY KEY (resource, ticket),
+    CONSTRAINT lock_request_session_or_job CHECK ((pid IS NULL) OPERATOR(pg_catalog.<>) (job IS NULL))
 );
 COMMENT ON TABLE herald.lock_request IS 'Herald resource lock requests that wait; see the view herald.locks.';
+-- (Only jobs' requests are ever committed: a dump keeps them, in line.)
+SELECT pg_catalog.pg_extension_config_dump('herald.lock_request', '');
+SELECT pg_catalog.pg_extension_config_dump('herald.lock_ticket_seq', '');
 
 ------------------------------------------------------------------------------------------
 -- Forced releases (herald.force_release), who did them and why.

@@ -64,7 +64,9 @@ async fn catalog(client: &tokio_postgres::Client) -> Vec<String> {
 }
 
 /// The releases whose install scripts `make install` copies from sql/releases.
-const RELEASES: &[&str] = &["0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0", "0.6.0"];
+const RELEASES: &[&str] = &[
+    "0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0", "0.6.0", "0.7.0",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrading_from_every_release_equals_a_fresh_install() {
@@ -103,10 +105,40 @@ async fn upgrading_from_every_release_equals_a_fresh_install() {
             )
             .await
             .unwrap();
+        // so does EXECUTE on submit_job, which 0.8.0 makes anew with a parameter more
+        let has_jobs = !["0.1.0", "0.2.0", "0.3.0", "0.4.0"].contains(release);
+        if has_jobs {
+            upgraded
+                .batch_execute(
+                    r#"GRANT EXECUTE ON FUNCTION herald.submit_job(text, jsonb, text, text, timestamptz) TO "Ops Team""#,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("grant on submit_job in {release}: {e:?}"));
+        }
         upgraded
             .batch_execute("ALTER EXTENSION herald UPDATE")
             .await
             .unwrap_or_else(|e| panic!("upgrade from {release}: {e:?}"));
+        if has_jobs {
+            let row = upgraded
+                .query_one(
+                    r#"SELECT has_function_privilege('Ops Team',
+                           'herald.submit_job(text, jsonb, text, text, timestamptz, jsonb)', 'EXECUTE')"#,
+                    &[],
+                )
+                .await
+                .unwrap();
+            assert!(
+                row.get::<_, bool>(0),
+                "EXECUTE on submit_job kept by the upgrade from {release}"
+            );
+            upgraded
+                .batch_execute(
+                    r#"REVOKE EXECUTE ON FUNCTION herald.submit_job(text, jsonb, text, text, timestamptz, jsonb) FROM "Ops Team""#,
+                )
+                .await
+                .unwrap();
+        }
         let version: String = upgraded
             .query_one(
                 "SELECT extversion FROM pg_extension WHERE extname = 'herald'",

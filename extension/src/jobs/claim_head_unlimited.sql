@@ -4,14 +4,14 @@
 -- runners $2 (NULL: any), and newthread unless $3 (inline). An unlimited class promises no
 -- order, so a job that does not match is passed over, not waited for. A job whose type is
 -- gone matches any claim (its run fails and ends it). With what running it needs of its
--- type (NULL when the type is gone) and of itself. ($4, $5): start after this
+-- type (NULL when the type is gone) and of itself (with the resources it declares). ($4, $5): start after this
 -- (run_after, id), where this backend's last claim of the class was, so that the probe
 -- does not step again over the index entries of the jobs claimed since the last vacuum
 -- (NULL: from the start).
 SELECT j.id, t.runner, t.target, t.newthread, t.owner::pg_catalog.oid,
        t.before_completion::pg_catalog.oid, t.after_completion::pg_catalog.oid,
        t.compensate::pg_catalog.oid, t.autofinish, t.gobackonerror, t.max_attempts,
-       t.retry_delay, j.submitted_by::pg_catalog.oid, j.attempts, j.run_after
+       t.retry_delay, j.submitted_by::pg_catalog.oid, j.attempts, j.run_after, j.resources
   FROM herald.job j
   LEFT JOIN herald.job_type t ON t.name OPERATOR(pg_catalog.=) j.type
  WHERE j.state OPERATOR(pg_catalog.=) 'CREATED' AND j.class OPERATOR(pg_catalog.=) $1

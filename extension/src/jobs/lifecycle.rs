@@ -13,6 +13,7 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode as Code;
 
 use super::callee;
+use super::resources;
 use super::{claim_key, class_key, first, wake_managers_at_commit, State};
 use crate::core::advisory::KeySpace;
 use crate::core::catalog;
@@ -190,10 +191,16 @@ pub fn transition(job: i64, from: &[State], to: State, change: Change<'_>) -> Op
                 rows.get::<bool>(0, 4).unwrap_or(true),
                 rows.get::<String>(0, 5).unwrap_or_default(),
                 rows.get::<String>(0, 6),
+                rows.get::<bool>(0, 7).unwrap_or(false),
             ))
         })
     });
-    let (details, moved, ends_matter, runner_name, node) = moved?;
+    let (details, moved, ends_matter, runner_name, node, declares_resources) = moved?;
+    // A job holds its resources while it is STARTED or FINISHED; in any other state it
+    // gives them back (a retry takes them again when it is claimed).
+    if declares_resources && !to.is_active() {
+        resources::give_back(job);
+    }
     let action = match to {
         State::Started => "1",
         State::Created => "RETRY",
@@ -267,6 +274,8 @@ struct Head {
     job: Job,
     /// When it fell due (for an unlimited class).
     run_after: Option<TimestampWithTimeZone>,
+    /// The resources it declares.
+    resources: Option<pgrx::JsonB>,
 }
 
 /// The job of `class` to start next (see `claim_head.sql`); of an unlimited class, the
@@ -402,6 +411,7 @@ fn head_query(
                 newthread,
                 job,
                 run_after: rows.get::<TimestampWithTimeZone>(0, 15),
+                resources: rows.get::<pgrx::JsonB>(0, 16),
             })
         })
     })
@@ -583,6 +593,30 @@ fn claim_of(
         if !KeySpace::JobClaim.try_lock_for_session(claim_key(head.id), pg_sys::ExclusiveLock) {
             return None;
         }
+        // A job that declares resources starts only once it holds them all; otherwise it
+        // waits in line, no longer due, and the next job is looked at.
+        if let Some(declared) = &head.resources {
+            match resources::take_for_claim(head.id, declared) {
+                resources::Claim::Start => {}
+                resources::Claim::Waits => {
+                    release_claim(head.id);
+                    continue;
+                }
+                resources::Claim::Never(why) => {
+                    transition(
+                        head.id,
+                        &[State::Created],
+                        State::StartError,
+                        Change {
+                            error: Some(&why),
+                            ..Default::default()
+                        },
+                    );
+                    release_claim(head.id);
+                    continue;
+                }
+            }
+        }
         let Some(started) = transition(
             head.id,
             &[State::Created],
@@ -592,6 +626,10 @@ fn claim_of(
                 ..Default::default()
             },
         ) else {
+            // (Ended meanwhile: whatever was taken for it goes back.)
+            if head.resources.is_some() {
+                resources::give_back(head.id);
+            }
             release_claim(head.id);
             continue;
         };

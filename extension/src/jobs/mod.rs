@@ -10,6 +10,8 @@
 //! - [`alerts`]: WAIT_TIMEOUT and LONG_RUNNING, each once per run
 //! - [`wait`]: `herald.await_jobs`, how managers sleep until a job may start
 //! - [`mail`]: outcome mails to `notify_email`, at most once per outcome
+//! - [`resources`]: jobs that declare resource locks, taken before a job starts and given
+//!   back when it ends (the locks are the locks area's, reached through `model::gate`)
 //!
 //! A job that runs is claimed by the coordinator connection that runs it: the
 //! session-level advisory lock `(job, id)`. A node that dies loses its connections and
@@ -27,6 +29,7 @@ pub mod alerts;
 pub mod callee;
 pub mod lifecycle;
 pub mod mail;
+pub mod resources;
 pub mod store;
 pub mod submit;
 pub mod types;

@@ -36,6 +36,8 @@ pub struct NewJob<'a> {
     pub notify_email: Option<&'a str>,
     pub submitted_by: pg_sys::Oid,
     pub run_after: Option<TimestampWithTimeZone>,
+    /// A jsonb datum: `{"resource": count, ...}`.
+    pub resources: Option<JsonbDatum>,
 }
 
 /// Insert `job`; its id.
@@ -71,9 +73,9 @@ fn insert_with_statement(job: &NewJob) -> i64 {
             let rows = plans::execute(
                 client,
                 "INSERT INTO herald.job (type, class, params, concurrency_key, notify_email,
-                                         submitted_by, run_after)
+                                         submitted_by, run_after, resources)
                  VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.regrole,
-                         COALESCE($7, pg_catalog.now()))
+                         COALESCE($7, pg_catalog.now()), $8)
                  RETURNING id",
                 &[
                     TEXTOID,
@@ -83,6 +85,7 @@ fn insert_with_statement(job: &NewJob) -> i64 {
                     TEXTOID,
                     OIDOID,
                     TIMESTAMPTZOID,
+                    JSONBOID,
                 ],
                 &[
                     job.type_name.into_datum(),
@@ -92,6 +95,7 @@ fn insert_with_statement(job: &NewJob) -> i64 {
                     job.notify_email.into_datum(),
                     job.submitted_by.into_datum(),
                     job.run_after.into_datum(),
+                    job.resources.into_datum(),
                 ],
             );
             rows.get::<i64>(0, 1)
@@ -112,6 +116,7 @@ enum Source {
     SubmittedBy,
     SubmittedAt,
     RunAfter,
+    Resources,
     /// The column's default, a constant (NULL if it has none); by-reference values live
     /// in the layout's memory context.
     Constant(pg_sys::Datum, bool),
@@ -125,7 +130,7 @@ impl Source {
             Source::Type | Source::Class | Source::ConcurrencyKey | Source::NotifyEmail => {
                 pg_sys::TEXTOID
             }
-            Source::Params => pg_sys::JSONBOID,
+            Source::Params | Source::Resources => pg_sys::JSONBOID,
             Source::SubmittedBy => pg_sys::REGROLEOID,
             Source::SubmittedAt | Source::RunAfter => pg_sys::TIMESTAMPTZOID,
             Source::Constant(..) => pg_sys::InvalidOid,
@@ -144,6 +149,7 @@ impl Source {
             b"submitted_by" => Source::SubmittedBy,
             b"submitted_at" => Source::SubmittedAt,
             b"run_after" => Source::RunAfter,
+            b"resources" => Source::Resources,
             _ => return None,
         })
     }
@@ -373,6 +379,7 @@ impl Direct {
                     Source::SubmittedBy => Some(pg_sys::Datum::from(job.submitted_by)),
                     Source::SubmittedAt => Some(now),
                     Source::RunAfter => Some(run_after),
+                    Source::Resources => job.resources.map(|r| r.0),
                     Source::Constant(value, isnull) => (!isnull).then_some(value),
                 };
                 *values.add(i) = value.unwrap_or(pg_sys::Datum::from(0));

@@ -22,6 +22,7 @@ struct TypeFacts {
     startnow: bool,
     may_submit: bool,
     limited: bool,
+    resources: Option<pgrx::JsonB>,
 }
 
 #[unsafe(no_mangle)]
@@ -31,8 +32,9 @@ pub extern "C" fn pg_finfo_herald_submit_job() -> &'static pg_sys::Pg_finfo_reco
     &V1
 }
 
-/// `herald.submit_job(type, params, concurrency_key, notify_email, run_after)`: queue a job;
-/// returns its id. Runs the type's `after_creation` hook in this transaction (its error
+/// `herald.submit_job(type, params, concurrency_key, notify_email, run_after, resources)`:
+/// queue a job; returns its id. `resources` (`{"printer": 1}`) adds resource locks to its
+/// type's, or changes their counts. Runs the type's `after_creation` hook in this transaction (its error
 /// rolls the submit back).
 ///
 /// A submit is on the application's write path, so (like `herald.emit`) it is a plain
@@ -58,6 +60,8 @@ pub unsafe extern "C-unwind" fn herald_submit_job(
     let notify_email = text(3);
     // SAFETY: argument 4 is declared `timestamptz`, a by-value datum.
     let run_after = arg(4).and_then(|d| unsafe { TimestampWithTimeZone::from_datum(d, false) });
+    // SAFETY: argument 5 is declared `jsonb`.
+    let resources = arg(5).and_then(|d| unsafe { pgrx::JsonB::from_datum(d, false) });
     // SAFETY: argument 1 is declared `jsonb`; the detoasted copy (if one is made) is read
     // for its root header only.
     let is_object = unsafe {
@@ -77,6 +81,7 @@ pub unsafe extern "C-unwind" fn herald_submit_job(
         concurrency_key.as_deref(),
         notify_email.as_deref(),
         run_after,
+        resources.as_ref(),
     ))
 }
 
@@ -87,7 +92,8 @@ CREATE FUNCTION herald.submit_job(
     params jsonb DEFAULT '{}',
     concurrency_key text DEFAULT NULL,
     notify_email text DEFAULT NULL,
-    run_after timestamptz DEFAULT NULL
+    run_after timestamptz DEFAULT NULL,
+    resources jsonb DEFAULT NULL
 ) RETURNS bigint LANGUAGE c VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'herald_submit_job';
 "#,
@@ -99,7 +105,14 @@ AS 'MODULE_PATHNAME', 'herald_submit_job';
 /// only a type and params.
 pub fn init() {
     runner::register_submit(|job| {
-        submit_job(job.type_name, JsonbDatum(job.params), None, None, None)
+        submit_job(
+            job.type_name,
+            JsonbDatum(job.params),
+            None,
+            None,
+            None,
+            None,
+        )
     });
 }
 
@@ -109,6 +122,7 @@ fn submit_job(
     concurrency_key: Option<&str>,
     notify_email: Option<&str>,
     run_after: Option<TimestampWithTimeZone>,
+    resources: Option<&pgrx::JsonB>,
 ) -> i64 {
     if let Some(email) = notify_email {
         if !email.contains('@') || email.trim() != email || email.contains(['\r', '\n']) {
@@ -150,6 +164,8 @@ fn submit_job(
         // commit wakes the managers. The lock is taken before the job gets its id.
         KeySpace::JobClass.lock_for_transaction(class_key(&facts.class), pg_sys::ShareLock);
     }
+    let resources = super::resources::of_job(facts.resources.as_ref(), resources)
+        .map(|r| JsonbDatum(r.into_datum().unwrap_or(pg_sys::Datum::from(0))));
     let id = store::insert(&store::NewJob {
         type_name,
         class: &facts.class,
@@ -158,6 +174,7 @@ fn submit_job(
         notify_email,
         submitted_by: me,
         run_after,
+        resources,
     });
     if let Some(hook) = facts.after_creation {
         callee::call_hook(hook, facts.owner, id, params, None);
@@ -191,6 +208,7 @@ fn type_facts(name: &str, me: pg_sys::Oid) -> Option<TypeFacts> {
                     .iter()
                     .any(|r| catalog::has_privs_of_role(me, *r)),
             limited: false,
+            resources: row.get::<pgrx::JsonB>("resources"),
         }
     })?;
     // (A built-in class without a setting row is unlimited.)

@@ -6,7 +6,7 @@
 -- Returns the job as the JOB event's details (NULL without $10), its type and params,
 -- whether its end may let another job start or has a mail to send (its class is limited,
 -- it has a notify_email; a built-in class without a row in job_class_setting is
--- unlimited), its type's runner and its node.
+-- unlimited), its type's runner, its node, and whether it declares resources.
 UPDATE herald.job j SET
        state = $2,
        node = CASE WHEN $2 OPERATOR(pg_catalog.=) 'STARTED' THEN $4
@@ -58,4 +58,5 @@ RETURNING CASE WHEN $10 THEN pg_catalog.jsonb_build_object(
           OR EXISTS (SELECT 1 FROM herald.job_class_setting c
                       WHERE c.name OPERATOR(pg_catalog.=) j.class AND c.max_running IS NOT NULL),
           (SELECT t.runner FROM herald.job_type t WHERE t.name OPERATOR(pg_catalog.=) j.type),
-          j.node
+          j.node,
+          j.resources IS NOT NULL

@@ -10,7 +10,8 @@ use crate::core::errors::{self, raise};
 use crate::listeners::event_types::is_admin;
 
 /// `herald.create_job_type(name, target, runner, class, hooks..., flags..., retry policy,
-/// submit_roles)`: define what jobs of this type run. The target and hooks run as the
+/// submit_roles, resources)`: define what jobs of this type run. `resources`
+/// (`{"printer": 1}`) are resource locks each job holds while it runs. The target and hooks run as the
 /// current user, who owns the type. `command` types (OS commands) are for Herald
 /// administrators only.
 #[allow(clippy::too_many_arguments)]
@@ -31,8 +32,10 @@ fn create_job_type(
     max_attempts: default!(Option<i32>, "1"),
     retry_delay: default!(Option<Interval>, "'10 seconds'"),
     submit_roles: default!(Option<Vec<Option<String>>>, "'{}'"),
+    resources: default!(Option<pgrx::JsonB>, "NULL"),
 ) {
     catalog::require_primary("herald.create_job_type()");
+    let resources = super::resources::declared(resources.as_ref());
     let name = errors::required(name, "name").trim().to_string();
     let runner = errors::required(runner, "runner").trim().to_lowercase();
     let class = errors::required(class, "class").trim().to_string();
@@ -151,11 +154,12 @@ fn create_job_type(
         errors::spi(Spi::run_with_args(
             "INSERT INTO herald.job_type (name, runner, target, class, after_creation,
                  before_completion, after_completion, compensate, startnow, autofinish,
-                 newthread, gobackonerror, max_attempts, retry_delay, owner, submit_roles)
+                 newthread, gobackonerror, max_attempts, retry_delay, owner, submit_roles,
+                 resources)
              VALUES ($1, $2, $3, $4, $5::pg_catalog.regprocedure, $6::pg_catalog.regprocedure,
                      $7::pg_catalog.regprocedure, $8::pg_catalog.regprocedure, $9, $10, $11, $12,
                      $13, $14, $15::pg_catalog.oid::pg_catalog.regrole,
-                     $16::pg_catalog.regrole[])",
+                     $16::pg_catalog.regrole[], $17)",
             &[
                 name.as_str().into(),
                 runner.as_str().into(),
@@ -173,6 +177,7 @@ fn create_job_type(
                 retry_delay.into(),
                 me.into(),
                 submit_roles.into(),
+                resources.map(pgrx::JsonB).into(),
             ],
         ))
     });

@@ -15,7 +15,7 @@
 //! The grant is the caller's: it commits with the caller's transaction (acquire in a
 //! transaction of its own, as one takes a lease) and counts as held for everyone from the
 //! moment it is made.
-use pgrx::datum::Interval;
+use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode as Code;
 use std::time::{Duration, Instant};
@@ -86,13 +86,22 @@ fn lock_acquire_all(
     acquire(&names, holder, count, lease, wait)
 }
 
-/// One request: resources (in the caller's order) with one count, for one holder.
-struct Request {
-    names: Vec<String>,
-    holder: String,
-    count: i32,
+/// One request: resources (in the caller's order) with their counts, for one holder.
+pub(super) struct Request {
+    pub names: Vec<String>,
+    /// One count per name.
+    pub counts: Vec<i32>,
+    pub holder: String,
     /// The lease, as given (None: each resource's default).
-    lease: Option<Interval>,
+    pub lease: Option<Interval>,
+    /// The job the request is for (its grants are released when the job ends).
+    pub job: Option<i64>,
+}
+
+impl Request {
+    fn needs(&self) -> impl Iterator<Item = (&String, i32)> {
+        self.names.iter().zip(self.counts.iter().copied())
+    }
 }
 
 fn acquire(
@@ -127,9 +136,10 @@ fn acquire(
     }
     let request = Request {
         names: names.to_vec(),
+        counts: vec![count; names.len()],
         holder,
-        count,
         lease,
+        job: None,
     };
     let requested_at = now();
     // At once, if nobody waits and it fits.
@@ -156,13 +166,7 @@ fn acquire(
             _hold: KeySpace::LockWaiters.hold_for_session(key(n), pg_sys::ShareLock),
         })
         .collect();
-    for name in &request.names {
-        event(
-            "WAITING",
-            name,
-            serde_json::json!({"holder": request.holder, "count": request.count}),
-        );
-    }
+    waiting_events(&request);
     let granted: Option<Vec<SessionHold>> = subxact::rolled_back(|| {
         // Arrival: the ticket is taken and the request written inside the decision, so a
         // request with a lower ticket is always there for a later decision to see.
@@ -223,7 +227,19 @@ impl Drop for WaiterHold {
     }
 }
 
-fn check_count(r: &Resource, count: i32) {
+/// LOCK/WAITING for each resource of `request`.
+pub(super) fn waiting_events(request: &Request) {
+    for (name, count) in request.needs() {
+        event(
+            "WAITING",
+            name,
+            serde_json::json!({"holder": request.holder, "count": count, "job": request.job}),
+        );
+    }
+}
+
+/// Raise unless `count` is a count `r` may grant.
+pub(super) fn check_count(r: &Resource, count: i32) {
     if count < 1 {
         raise(
             Code::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -256,7 +272,7 @@ fn check_count(r: &Resource, count: i32) {
 
 /// Take the decision locks of `names`, in name order (so two deciders of overlapping sets
 /// never wait for each other in a circle).
-fn decide(names: &[String]) -> Vec<SessionHold> {
+pub(super) fn decide(names: &[String]) -> Vec<SessionHold> {
     let mut keys: Vec<i32> = names.iter().map(|n| key(n)).collect();
     keys.sort_unstable();
     keys.dedup();
@@ -267,17 +283,19 @@ fn decide(names: &[String]) -> Vec<SessionHold> {
 
 /// May `request` (with `ticket` once it queues) be granted now? No request may be ahead
 /// of it on any of its resources, and each must take its count.
-fn grantable(request: &Request, ticket: Option<i64>) -> bool {
+pub(super) fn grantable(request: &Request, ticket: Option<i64>) -> bool {
     let now = now();
-    request.names.iter().all(|name| {
+    request.needs().all(|(name, count)| {
         // (The limit as it reads now: an operator may have changed it.)
-        let r = resource(name);
+        let Some(r) = super::find_resource(name) else {
+            return false;
+        };
         let state: State = state::read(name);
         let ahead = state
             .requests
             .iter()
-            .any(|w| ticket.is_none_or(|t| w.ticket < t));
-        !ahead && r.limit > 0 && state.used(now) + request.count as i64 <= r.limit as i64
+            .any(|w| ticket.is_none_or(|t| w.ticket < t) && !state.granted_to_job(w));
+        !ahead && r.limit > 0 && state.used(now) + count as i64 <= r.limit as i64
     })
 }
 
@@ -285,10 +303,10 @@ fn grantable(request: &Request, ticket: Option<i64>) -> bool {
 /// resources first (each fires EXPIRED once; a protected write in progress under one is
 /// waited for), then one holder row per resource with a new fencing token. Its tokens in
 /// the request's order.
-fn grant(request: &Request, requested_at: i64) -> Vec<i64> {
+pub(super) fn grant(request: &Request, requested_at: i64) -> Vec<i64> {
     let now = now();
     let mut tokens = Vec::with_capacity(request.names.len());
-    for name in &request.names {
+    for (name, count) in request.needs() {
         for lapsed in state::read(name).holders.iter().filter(|h| !h.live(now)) {
             super::holders::expire(name, lapsed.token);
         }
@@ -297,12 +315,11 @@ fn grant(request: &Request, requested_at: i64) -> Vec<i64> {
                 let rows = plans::execute(
                     client,
                     "INSERT INTO herald.lock_holder
-                            (resource, token, holder, count, acquired_at, expires_at, requested_at)
+                            (resource, token, holder, count, acquired_at, expires_at, requested_at, job)
                      SELECT r.name, pg_catalog.nextval('herald.lock_token_seq'), $2, $3,
                             pg_catalog.clock_timestamp(),
                             pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) COALESCE($4, r.default_lease),
-                            pg_catalog.to_timestamp(($5::pg_catalog.float8 OPERATOR(pg_catalog./) 1000000)
-                                OPERATOR(pg_catalog.+) 946684800)
+                            $5, $6
                        FROM herald.resource r WHERE r.name OPERATOR(pg_catalog.=) $1
                      RETURNING token, expires_at::pg_catalog.text",
                     &[
@@ -310,14 +327,16 @@ fn grant(request: &Request, requested_at: i64) -> Vec<i64> {
                         pg_sys::TEXTOID,
                         pg_sys::INT4OID,
                         pg_sys::INTERVALOID,
+                        pg_sys::TIMESTAMPTZOID,
                         pg_sys::INT8OID,
                     ],
                     &[
                         name.as_str().into_datum(),
                         request.holder.as_str().into_datum(),
-                        request.count.into_datum(),
+                        count.into_datum(),
                         request.lease.into_datum(),
-                        requested_at.into_datum(),
+                        timestamp(requested_at).into_datum(),
+                        request.job.into_datum(),
                     ],
                 );
                 (!rows.is_empty()).then(|| {
@@ -341,7 +360,7 @@ fn grant(request: &Request, requested_at: i64) -> Vec<i64> {
             "ACQUIRED",
             name,
             serde_json::json!({
-                "holder": request.holder, "count": request.count, "token": token,
+                "holder": request.holder, "count": count, "token": token, "job": request.job,
                 "expires_at": expires, "waited_ms": (now - requested_at).max(0) / 1000,
             }),
         );
@@ -350,30 +369,41 @@ fn grant(request: &Request, requested_at: i64) -> Vec<i64> {
     tokens
 }
 
-/// The request rows of a queued request (in the wait's subtransaction), under a new
-/// ticket; the ticket.
-fn enqueue(request: &Request, requested_at: i64) -> i64 {
+/// The request rows of a queued request (a session's in the wait's subtransaction, a
+/// job's in the caller's transaction), under a new ticket; the ticket.
+pub(super) fn enqueue(request: &Request, requested_at: i64) -> i64 {
     let ticket = catalog::as_owner(|| {
         first::<i64>("SELECT pg_catalog.nextval('herald.lock_ticket_seq')", &[])
     })
     .unwrap_or(0);
-    for name in &request.names {
+    for (name, count) in request.needs() {
         catalog::as_owner(|| {
             errors::spi(Spi::run_with_args(
-                "INSERT INTO herald.lock_request (resource, ticket, holder, count, requested_at, pid)
-                 VALUES ($1, $2, $3, $4,
-                         pg_catalog.to_timestamp(($5::pg_catalog.float8 OPERATOR(pg_catalog./) 1000000)
-                             OPERATOR(pg_catalog.+) 946684800),
-                         pg_catalog.pg_backend_pid())",
+                "INSERT INTO herald.lock_request (resource, ticket, holder, count, requested_at, pid, job)
+                 VALUES ($1, $2, $3, $4, $5,
+                         CASE WHEN $6 IS NULL THEN pg_catalog.pg_backend_pid() END, $6)",
                 &[
                     name.as_str().into(),
                     ticket.into(),
                     request.holder.as_str().into(),
-                    request.count.into(),
-                    requested_at.into(),
+                    count.into(),
+                    timestamp(requested_at).into(),
+                    request.job.into(),
                 ],
             ))
         });
     }
     ticket
+}
+
+/// A raw timestamp (microseconds since 2000-01-01) as a timestamptz.
+fn timestamp(at: i64) -> TimestampWithTimeZone {
+    // A raw value in range (it was read from the clock).
+    TimestampWithTimeZone::try_from(pg_sys::TimestampTz::from(at)).unwrap_or_else(|_| {
+        raise(
+            Code::ERRCODE_DATETIME_FIELD_OVERFLOW,
+            "timestamp out of range",
+            None,
+        )
+    })
 }

@@ -136,4 +136,5 @@ fn drop_resource(name: Option<&str>) {
 #[pg_extern(volatile, parallel_unsafe)]
 fn _wake_lock_waiters(resource: &str) {
     wake_waiters_at_commit(resource);
+    super::for_jobs::promote(resource);
 }

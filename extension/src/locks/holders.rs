@@ -91,6 +91,7 @@ fn lock_release(resource: Option<&str>, holder: Option<&str>, token: Option<i64>
         not_held(resource, &holder, token, "release")
     };
     wake_waiters_at_commit(resource);
+    super::for_jobs::promote(resource);
     event(
         "RELEASED",
         resource,
@@ -205,8 +206,8 @@ pub fn expire(resource: &str, token: i64) -> bool {
     true
 }
 
-/// `herald.expire_locks()`: remove every lapsed grant (firing LOCK/EXPIRED for each) and
-/// wake the waiters of its resource; how many. Coordinators call it every second; the
+/// `herald.expire_locks()`: remove every lapsed grant (firing LOCK/EXPIRED for each), wake
+/// the waiters of its resource and let in the jobs next in line; how many grants lapsed. Coordinators call it every second; the
 /// head waiter of a resource also expires the grants it waits for by itself.
 #[pg_extern(volatile, parallel_unsafe)]
 fn expire_locks() -> i32 {
@@ -230,10 +231,14 @@ fn expire_locks() -> i32 {
                 .collect()
         })
     });
-    lapsed
+    let expired = lapsed
         .into_iter()
         .filter(|(resource, token)| expire(resource, *token))
-        .count() as i32
+        .count() as i32;
+    // Jobs next in line are let in (the line may also have moved without a release: a
+    // waiting session ahead gave up).
+    super::for_jobs::promote_all();
+    expired
 }
 
 /// `herald.force_release(resource, token, reason)`: an operator takes a grant away from
@@ -285,6 +290,7 @@ fn force_release(resource: Option<&str>, token: Option<i64>, reason: Option<&str
         );
     };
     wake_waiters_at_commit(resource);
+    super::for_jobs::promote(resource);
     event(
         "FORCED",
         resource,

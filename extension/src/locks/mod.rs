@@ -12,6 +12,8 @@
 //! - [`holders`]: `herald.lock_renew`, `herald.lock_release`, `herald.lock_check`,
 //!   `herald.force_release`, `herald.expire_locks`
 //! - [`status`]: `herald.lock_status()`, behind the view `herald.locks`
+//! - [`for_jobs`]: jobs that declare resources (the locks side of `model::gate`): their
+//!   requests wait in line as committed rows, and whatever frees capacity lets them in
 //!
 //! A holder is a row of `herald.lock_holder` (committed with the acquiring transaction).
 //! A waiting session's request is a row of `herald.lock_request` written in a
@@ -34,6 +36,7 @@ use crate::listeners::event_types;
 
 pub mod acquire;
 pub mod define;
+pub mod for_jobs;
 pub mod graph;
 pub mod holders;
 pub mod state;
@@ -47,16 +50,19 @@ pub struct Resource {
     pub limit: i32,
 }
 
-/// The resource `name`, read with the latest snapshot through its key; raises if there is
-/// none.
-pub fn resource(name: &str) -> Resource {
+/// The resource `name`, read with the latest snapshot through its key.
+pub fn find_resource(name: &str) -> Option<Resource> {
     let table = catalog::relation(c"resource");
     lookup::by_text_key(table, "name", name, |row| Resource {
         name: name.to_string(),
         shared: row.get::<String>("kind").as_deref() == Some("shared"),
         limit: row.get::<i32>("lock_limit").unwrap_or(0),
     })
-    .unwrap_or_else(|| {
+}
+
+/// The resource `name` (see [`find_resource`]); raises if there is none.
+pub fn resource(name: &str) -> Resource {
+    find_resource(name).unwrap_or_else(|| {
         raise(
             Code::ERRCODE_UNDEFINED_OBJECT,
             format!("resource \"{}\" does not exist", errors::shown(name)),

@@ -20,6 +20,8 @@ pub struct Holder {
     pub requested: Option<TimestampWithTimeZone>,
     pub acquired: Option<TimestampWithTimeZone>,
     pub expires: Option<TimestampWithTimeZone>,
+    /// The job it was granted to.
+    pub job: Option<i64>,
 }
 
 impl Holder {
@@ -35,7 +37,10 @@ pub struct Request {
     pub ticket: i64,
     pub holder: String,
     pub count: i32,
-    pub pid: i32,
+    /// The waiting session's backend (a session's request).
+    pub pid: Option<i32>,
+    /// The job it is for (a job's request, committed).
+    pub job: Option<i64>,
     pub requested: Option<TimestampWithTimeZone>,
 }
 
@@ -54,6 +59,16 @@ impl State {
             .filter(|h| h.live(now))
             .map(|h| h.count as i64)
             .sum()
+    }
+
+    /// Has job request `w` been granted already? (A grant in progress shows both its new
+    /// holder row and the request row it is removing.)
+    pub fn granted_to_job(&self, w: &Request) -> bool {
+        w.job.is_some()
+            && self
+                .holders
+                .iter()
+                .any(|h| h.job == w.job && h.resource == w.resource)
     }
 
     /// The earliest time a live grant's lease passes.
@@ -92,6 +107,7 @@ fn read_some(resource: Option<&str>) -> State {
                 requested: row.get::<TimestampWithTimeZone>("requested_at"),
                 acquired: row.get::<TimestampWithTimeZone>("acquired_at"),
                 expires: row.get::<TimestampWithTimeZone>("expires_at"),
+                job: row.get::<i64>("job"),
             };
             let key = (h.resource.clone(), h.token);
             match holders.get(&key) {
@@ -102,6 +118,14 @@ fn read_some(resource: Option<&str>) -> State {
             }
         },
     );
+    State {
+        holders: holders.into_values().collect(),
+        requests: read_requests(resource),
+    }
+}
+
+/// The requests on `resource` (or on all), in ticket order.
+pub fn read_requests(resource: Option<&str>) -> Vec<Request> {
     let mut requests: BTreeMap<(i64, String), Request> = BTreeMap::new();
     lookup::each_dirty(
         catalog::relation(c"lock_request"),
@@ -113,14 +137,12 @@ fn read_some(resource: Option<&str>) -> State {
                 ticket: row.get::<i64>("ticket").unwrap_or(0),
                 holder: row.get::<String>("holder").unwrap_or_default(),
                 count: row.get::<i32>("count").unwrap_or(0),
-                pid: row.get::<i32>("pid").unwrap_or(0),
+                pid: row.get::<i32>("pid"),
+                job: row.get::<i64>("job"),
                 requested: row.get::<TimestampWithTimeZone>("requested_at"),
             };
             requests.insert((r.ticket, r.resource.clone()), r);
         },
     );
-    State {
-        holders: holders.into_values().collect(),
-        requests: requests.into_values().collect(),
-    }
+    requests.into_values().collect()
 }

@@ -57,7 +57,7 @@ fn lock_status() -> TableIterator<
             None,
             None,
             false,
-            Some(w.pid),
+            w.pid,
         ));
     }
     TableIterator::new(rows)

@@ -15,8 +15,8 @@ mod tests {
         run("CREATE SCHEMA app");
         run("GRANT USAGE ON SCHEMA app TO clerk");
         run("GRANT USAGE ON SCHEMA herald TO clerk");
-        run("GRANT EXECUTE ON FUNCTION herald.create_job_type(text, text, text, text, text, text, text, text, boolean, boolean, boolean, boolean, integer, interval, text[]),
-                  herald.submit_job(text, jsonb, text, text, timestamptz),
+        run("GRANT EXECUTE ON FUNCTION herald.create_job_type(text, text, text, text, text, text, text, text, boolean, boolean, boolean, boolean, integer, interval, text[], jsonb),
+                  herald.submit_job(text, jsonb, text, text, timestamptz, jsonb),
                   herald.mark_job_finished(bigint, jsonb), herald.abort_job(bigint, text),
                   herald.retry_job(bigint) TO clerk");
         run(
@@ -706,7 +706,7 @@ mod tests {
         run("CREATE ROLE outsider");
         run("GRANT USAGE ON SCHEMA herald TO outsider");
         run(
-            "GRANT EXECUTE ON FUNCTION herald.submit_job(text, jsonb, text, text, timestamptz),
+            "GRANT EXECUTE ON FUNCTION herald.submit_job(text, jsonb, text, text, timestamptz, jsonb),
                   herald.abort_job(bigint, text),
                   herald.add_system_listener(text, text, text, boolean) TO outsider",
         );

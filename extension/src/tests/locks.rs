@@ -251,4 +251,230 @@ mod tests {
         );
         run("SELECT herald.drop_resource('printer')");
     }
+
+    /// A job type `print` whose jobs hold `printer`, and `post` whose jobs hold 2 of
+    /// `ledger` (shared, limit 3); their target logs the job's run.
+    fn job_fixture() {
+        fixture();
+        run("CREATE SCHEMA app");
+        run("CREATE TABLE app.log (what text, at timestamptz DEFAULT clock_timestamp())");
+        run(
+            "CREATE FUNCTION app.work(p jsonb) RETURNS void LANGUAGE sql AS
+             $$ INSERT INTO app.log (what) VALUES (p->>'n') $$",
+        );
+        run(
+            "CREATE FUNCTION app.fail(p jsonb) RETURNS void LANGUAGE plpgsql AS
+             $$ BEGIN RAISE EXCEPTION 'paper jam'; END $$",
+        );
+        run("SELECT herald.create_job_type('print', 'app.work', resources => '{\"printer\": 1}')");
+        run("SELECT herald.create_job_type('print_fails', 'app.fail', resources => '{\"printer\": 1}')");
+        run("SELECT herald.create_job_type('post', 'app.work', resources => '{\"ledger\": 2}')");
+    }
+
+    fn submit(type_name: &str, n: i32) -> i64 {
+        one::<i64>(&format!(
+            "SELECT herald.submit_job('{type_name}', '{{\"n\": {n}}}')"
+        ))
+        .unwrap()
+    }
+
+    fn claim() -> Option<i64> {
+        one::<i64>("SELECT (SELECT id FROM herald.claim_next_job('n1'))")
+    }
+
+    fn job_state(job: i64) -> String {
+        one::<String>(&format!("SELECT state FROM herald.job WHERE id = {job}")).unwrap()
+    }
+
+    /// The holders of `resource` as `herald.locks` shows them.
+    fn holders(resource: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        Spi::connect(|c| {
+            for row in c
+                .select(
+                    &format!(
+                        "SELECT holder FROM herald.locks
+                          WHERE resource = '{resource}' AND role = 'holder' ORDER BY token"
+                    ),
+                    None,
+                    &[],
+                )
+                .unwrap()
+            {
+                out.push(row.get::<String>(1).unwrap().unwrap());
+            }
+        });
+        out
+    }
+
+    fn waiters(resource: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        Spi::connect(|c| {
+            for row in c
+                .select(
+                    &format!(
+                        "SELECT holder FROM herald.locks
+                          WHERE resource = '{resource}' AND role = 'waiter' ORDER BY position"
+                    ),
+                    None,
+                    &[],
+                )
+                .unwrap()
+            {
+                out.push(row.get::<String>(1).unwrap().unwrap());
+            }
+        });
+        out
+    }
+
+    #[pg_test]
+    fn a_job_that_declares_resources_starts_only_holding_them_and_gives_them_back() {
+        job_fixture();
+        let first = submit("print", 1);
+        let second = submit("print", 2);
+        assert_eq!(claim(), Some(first));
+        assert_eq!(holders("printer"), vec![format!("job {first}")]);
+        // The second waits in line for the printer and is not due meanwhile.
+        assert_eq!(claim(), None);
+        assert_eq!(job_state(second), "CREATED");
+        assert_eq!(waiters("printer"), vec![format!("job {second}")]);
+        assert_eq!(
+            one::<bool>(&format!(
+                "SELECT run_after = 'infinity' FROM herald.job WHERE id = {second}"
+            )),
+            Some(true)
+        );
+        // A session that asks meanwhile is not granted: the first job holds it.
+        assert_eq!(
+            one::<i64>("SELECT herald.lock_acquire('printer', 'clerk')"),
+            None
+        );
+        // The first job's end hands the printer to the second, which is due again.
+        assert_eq!(
+            one::<String>(&format!("SELECT herald.run_job({first})")).as_deref(),
+            Some("COMPLETED")
+        );
+        assert_eq!(holders("printer"), vec![format!("job {second}")]);
+        assert!(waiters("printer").is_empty());
+        assert_eq!(claim(), Some(second));
+        run(&format!("SELECT herald.run_job({second})"));
+        assert!(holders("printer").is_empty());
+        // A failing run gives them back too (STARTERROR).
+        let failing = submit("print_fails", 3);
+        assert_eq!(claim(), Some(failing));
+        assert_eq!(holders("printer").len(), 1);
+        assert_eq!(
+            one::<String>(&format!("SELECT herald.run_job({failing})")).as_deref(),
+            Some("STARTERROR")
+        );
+        assert!(holders("printer").is_empty());
+        // A job that waits in line and is aborted leaves the line.
+        let holder = token("SELECT herald.lock_acquire('printer', 'clerk')");
+        let queued = submit("print", 4);
+        assert_eq!(claim(), None);
+        assert_eq!(waiters("printer"), vec![format!("job {queued}")]);
+        run(&format!("SELECT herald.abort_job({queued})"));
+        assert!(waiters("printer").is_empty());
+        run(&format!(
+            "SELECT herald.lock_release('printer', 'clerk', {holder})"
+        ));
+        assert_eq!(
+            count("SELECT count(*) FROM herald.lock_holder")
+                + count("SELECT count(*) FROM herald.lock_request"),
+            0
+        );
+    }
+
+    #[pg_test]
+    fn jobs_share_a_resource_up_to_its_limit_and_a_session_release_lets_the_next_in() {
+        job_fixture();
+        let session = token("SELECT herald.lock_acquire('ledger', 'clerk', 2)");
+        let a = submit("post", 1);
+        let b = submit("post", 2);
+        // 2 of 3 are held: neither job (2 each) fits; both wait in arrival order.
+        assert_eq!(claim(), None);
+        assert_eq!(
+            waiters("ledger"),
+            vec![format!("job {a}"), format!("job {b}")]
+        );
+        run(&format!(
+            "SELECT herald.lock_release('ledger', 'clerk', {session})"
+        ));
+        // The release lets the first in (2 of 3); the second still does not fit.
+        assert_eq!(holders("ledger"), vec![format!("job {a}")]);
+        assert_eq!(waiters("ledger"), vec![format!("job {b}")]);
+        assert_eq!(claim(), Some(a));
+        assert_eq!(claim(), None);
+        run(&format!("SELECT herald.run_job({a})"));
+        assert_eq!(claim(), Some(b));
+        // A raised limit lets a waiting job in as well.
+        let c = submit("post", 3);
+        assert_eq!(claim(), None);
+        run("UPDATE herald.resource SET lock_limit = 4 WHERE name = 'ledger'");
+        assert_eq!(claim(), Some(c));
+        assert_eq!(
+            count("SELECT sum(count) FROM herald.lock_holder WHERE resource = 'ledger'"),
+            4
+        );
+    }
+
+    #[pg_test]
+    fn declared_resources_are_checked() {
+        job_fixture();
+        assert_error(
+            "SELECT herald.create_job_type('t1', 'app.work', resources => '{\"nope\": 1}')",
+            "resource \"nope\" does not exist",
+        );
+        assert_error(
+            "SELECT herald.create_job_type('t1', 'app.work', resources => '{\"printer\": 2}')",
+            "is exclusive",
+        );
+        assert_error(
+            "SELECT herald.create_job_type('t1', 'app.work', resources => '{\"ledger\": 4}')",
+            "more than the lock_limit 3",
+        );
+        assert_error(
+            "SELECT herald.create_job_type('t1', 'app.work', resources => '{\"ledger\": 0}')",
+            "must be at least 1",
+        );
+        assert_error(
+            "SELECT herald.create_job_type('t1', 'app.work', resources => '[\"printer\"]')",
+            "must be a JSON object",
+        );
+        assert_error(
+            "SELECT herald.create_job_type('t1', 'app.work', resources => '{\"printer\": \"one\"}')",
+            "must be an integer",
+        );
+        assert_error(
+            "SELECT herald.submit_job('post', resources => '{\"nope\": 1}')",
+            "resource \"nope\" does not exist",
+        );
+        // A job's own resources are added to its type's; a count it names wins.
+        let id = one::<i64>(
+            "SELECT herald.submit_job('post', '{}', resources => '{\"printer\": 1, \"ledger\": 1}')",
+        )
+        .unwrap();
+        assert_eq!(
+            one::<pgrx::JsonB>(&format!("SELECT resources FROM herald.job WHERE id = {id}"))
+                .unwrap()
+                .0,
+            serde_json::json!({"ledger": 1, "printer": 1})
+        );
+        // A resource dropped after its job was submitted: the job cannot start, and says why.
+        run("SELECT herald.resource('scanner')");
+        let orphan =
+            one::<i64>("SELECT herald.submit_job('print', '{}', resources => '{\"scanner\": 1}')")
+                .unwrap();
+        run("SELECT herald.drop_resource('scanner')");
+        run(&format!(
+            "UPDATE herald.job SET state = 'ABORTED' WHERE id = {id}"
+        ));
+        assert_eq!(claim(), None);
+        assert_eq!(job_state(orphan), "STARTERROR");
+        assert!(
+            one::<String>(&format!("SELECT error FROM herald.job WHERE id = {orphan}"))
+                .unwrap()
+                .contains("resource \"scanner\" does not exist")
+        );
+    }
 }
