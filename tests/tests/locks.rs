@@ -603,3 +603,220 @@ async fn a_coordinator_expires_a_lapsed_lease_nobody_waits_for() {
     );
     assert!(node.terminate().success());
 }
+
+/// Job types whose jobs declare resources: `print` holds the printer, `post` one of the
+/// ledger's 3; each run checks from the inside that no run it must not overlap with runs
+/// (a try-lock per printer, one per ledger slot) and records when it ran.
+const JOB_SETUP: &str = r#"
+CREATE TABLE runs (kind text, job bigint, node text, started timestamptz, ended timestamptz);
+CREATE FUNCTION print_run(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE t0 timestamptz := clock_timestamp();
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(77, 0) THEN
+        RAISE EXCEPTION 'another print job holds the printer';
+    END IF;
+    PERFORM pg_sleep(coalesce((p->>'sleep')::float8, 0.02));
+    INSERT INTO runs VALUES ('print', (p->>'job')::bigint,
+                             substr(current_setting('application_name'), 8), t0, clock_timestamp());
+END $$;
+CREATE FUNCTION post_run(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE t0 timestamptz := clock_timestamp();
+BEGIN
+    IF NOT (pg_try_advisory_xact_lock(78, 1) OR pg_try_advisory_xact_lock(78, 2)
+            OR pg_try_advisory_xact_lock(78, 3)) THEN
+        RAISE EXCEPTION 'more than three postings hold the ledger';
+    END IF;
+    PERFORM pg_sleep(0.02);
+    INSERT INTO runs VALUES ('post', NULL, substr(current_setting('application_name'), 8),
+                             t0, clock_timestamp());
+END $$;
+SELECT herald.create_job_type('print', 'print_run', newthread => true,
+                              resources => '{"printer": 1}');
+SELECT herald.create_job_type('post', 'post_run', newthread => true,
+                              resources => '{"ledger": 1}');
+"#;
+
+/// Jobs that declare resources, run by three coordinators: 40 print jobs never overlap,
+/// 40 postings never exceed the ledger's limit of 3 (both checked from inside the runs and
+/// from their recorded times), every job completes, and nothing is left held or queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_that_declare_resources_never_overlap() {
+    let (env, db) = Env::start().await;
+    db.batch_execute(SETUP).await.unwrap();
+    db.batch_execute(JOB_SETUP).await.unwrap();
+    let mut nodes: Vec<Coordinator> = (0..3)
+        .map(|i| env.coordinator(&format!("node{i}")))
+        .collect();
+    let mut tasks = Vec::new();
+    for s in 0..4 {
+        let url = env.url();
+        tasks.push(tokio::spawn(async move {
+            let c = connect(&url).await;
+            for _ in 0..10 {
+                for t in ["print", "post"] {
+                    c.execute("SELECT herald.submit_job($1)", &[&t])
+                        .await
+                        .unwrap_or_else(|e| panic!("submit in session {s}: {e}"));
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    wait_for(
+        &db,
+        "SELECT count(*) = 0 FROM herald.job WHERE state IN ('CREATED', 'STARTED', 'FINISHED')",
+        120,
+        "every job to end",
+    )
+    .await;
+    let failed: Vec<String> = db
+        .query(
+            "SELECT id || ' ' || state || ': ' || coalesce(error, '') FROM herald.job
+              WHERE state <> 'COMPLETED'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(failed.is_empty(), "jobs that did not complete: {failed:?}");
+    // The most runs of a kind running at one instant (the start of one of them).
+    let overlap = |kind: &str| {
+        format!(
+            "SELECT coalesce(max(c), 0)::int8 FROM (
+                 SELECT (SELECT count(*) FROM runs b WHERE b.kind = '{kind}'
+                          AND b.started <= a.started AND a.started < b.ended) AS c
+                   FROM runs a WHERE a.kind = '{kind}') x"
+        )
+    };
+    assert_eq!(count(&db, "SELECT count(*) FROM runs").await, 80);
+    // (They did contend: jobs waited in line for the printer.)
+    assert!(
+        count(
+            &db,
+            "SELECT count(*) FROM lock_events WHERE action = 'WAITING' AND source = 'printer'
+                AND details->>'job' IS NOT NULL"
+        )
+        .await
+            > 0
+    );
+    assert_eq!(
+        count(&db, &overlap("print")).await,
+        1,
+        "print jobs overlapped"
+    );
+    assert!(
+        count(&db, &overlap("post")).await <= 3,
+        "more than 3 postings at once"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT (SELECT count(*) FROM herald.lock_holder) + (SELECT count(*) FROM herald.lock_request)"
+        )
+        .await,
+        0,
+        "nothing left held or queued"
+    );
+    for n in &mut nodes {
+        assert!(n.terminate().success());
+    }
+}
+
+/// A coordinator running a job that holds the printer is killed (`kill -9`): the job is
+/// rescued when its lost claim is found, which gives the printer back, and the job that
+/// waited in line for it is let in and completes. The printer is never left held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_coordinator_running_a_job_does_not_keep_its_resources() {
+    let (env, db) = Env::start().await;
+    db.batch_execute(SETUP).await.unwrap();
+    db.batch_execute(JOB_SETUP).await.unwrap();
+    let mut nodes: Vec<Coordinator> = (0..2)
+        .map(|i| env.coordinator(&format!("node{i}")))
+        .collect();
+    let first: i64 = db
+        .query_one("SELECT herald.submit_job('print', '{\"sleep\": 3}')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    wait_for(
+        &db,
+        &format!("SELECT state = 'STARTED' FROM herald.job WHERE id = {first}"),
+        20,
+        "the first print job to start",
+    )
+    .await;
+    let second: i64 = db
+        .query_one("SELECT herald.submit_job('print')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // The second waits in line for the printer, shown as the job's waiter.
+    wait_for(
+        &db,
+        &format!(
+            "SELECT EXISTS (SELECT FROM herald.locks WHERE resource = 'printer'
+                              AND role = 'waiter' AND holder = 'job {second}')"
+        ),
+        20,
+        "the second job to wait for the printer",
+    )
+    .await;
+    let node: String = db
+        .query_one(
+            &format!("SELECT node FROM herald.job WHERE id = {first}"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    nodes.iter_mut().find(|n| n.node == node).unwrap().kill9();
+    wait_for(
+        &db,
+        &format!("SELECT state = 'COMPLETED' FROM herald.job WHERE id = {second}"),
+        60,
+        "the waiting job to get the printer and complete",
+    )
+    .await;
+    let row = db
+        .query_one(
+            &format!("SELECT state, coalesce(error, '') FROM herald.job WHERE id = {first}"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, String>(0),
+        "STARTERROR",
+        "{}",
+        row.get::<_, String>(1)
+    );
+    // Only the second job's run committed (the killed run's work rolled back with it).
+    assert_eq!(count(&db, "SELECT count(*) FROM runs").await, 1);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT (SELECT count(*) FROM herald.lock_holder) + (SELECT count(*) FROM herald.lock_request)"
+        )
+        .await,
+        0,
+        "the printer is not left held"
+    );
+    let released: i64 = count(
+        &db,
+        &format!(
+            "SELECT count(*) FROM lock_events WHERE action = 'RELEASED'
+                AND (details->>'job')::bigint = {first}"
+        ),
+    )
+    .await;
+    assert_eq!(released, 1, "the rescued job gave the printer back once");
+    for n in &mut nodes {
+        if n.node != node {
+            assert!(n.terminate().success());
+        }
+    }
+}

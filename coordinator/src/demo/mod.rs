@@ -1,8 +1,9 @@
 //! `herald demo`: the embedded default. A private PostgreSQL cluster, the extension, three
 //! coordinators, and an ERP-like stream of invoice and payment events from four producers;
 //! one coordinator is stopped half-way. Then it reports what was handled, where, in what
-//! order. Then ten users submit postings and reports at once ([`jobs`]), and four
-//! coordinators output 500 groups of invoices exactly once to a file spool ([`reports`]).
+//! order. Then ten users submit postings and reports at once ([`jobs`]), print jobs contend
+//! for one printer and a killed holder's lease expires ([`locks`]), and four coordinators
+//! output 500 groups of invoices exactly once to a file spool ([`reports`]).
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use crate::config::DemoArgs;
 use crate::db;
 
 mod jobs;
+mod locks;
 mod reports;
 
 const SETUP: &str = r#"
@@ -158,6 +160,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     print_drainers(&admin, "  after the stop, queues are drained by:").await?;
     report(&admin, per_producer * producers, elapsed).await?;
     jobs::run(&admin, &config).await?;
+    locks::run(&admin, &config).await?;
 
     // Four coordinators for the reports: the one stopped above is replaced, and more are
     // started if the demo runs fewer.
