@@ -77,3 +77,8 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- Reports (issue #12): format pdf (the text rendering set on A4 pages in Courier).
+ALTER TABLE herald.report DROP CONSTRAINT report_format;
+ALTER TABLE herald.report ADD CONSTRAINT report_format
+    CHECK (format OPERATOR(pg_catalog.=) ANY ('{csv,json,text,html,pdf}'::pg_catalog.text[]));

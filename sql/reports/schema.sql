@@ -18,8 +18,8 @@ CREATE TABLE herald.report (
     -- Receives the job's params as $1 (jsonb, bound).
     query             text NOT NULL,
     format            text NOT NULL
-        CONSTRAINT report_format CHECK (format OPERATOR(pg_catalog.=) ANY ('{csv,json,text,html}'::pg_catalog.text[])),
-    -- A minijinja template for text and html (NULL: a plain table).
+        CONSTRAINT report_format CHECK (format OPERATOR(pg_catalog.=) ANY ('{csv,json,text,html,pdf}'::pg_catalog.text[])),
+    -- A minijinja template for text, html and pdf (NULL: a plain table).
     template          text,
     statement_timeout interval NOT NULL DEFAULT '5 minutes'
         CONSTRAINT report_statement_timeout_positive CHECK (statement_timeout OPERATOR(pg_catalog.>) '0'),

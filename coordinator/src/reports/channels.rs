@@ -83,7 +83,9 @@ pub fn base_name(output: &ClaimedOutput) -> String {
     }
 }
 
-/// Write the output into the spool directory atomically; its path and checksum.
+/// Write the output into the spool directory atomically; its path and checksum. The
+/// artefacts of a group are one file, one after the other; PDFs, which cannot be joined
+/// that way, are one file per member (`group-N.<job>.pdf`), and the path is the first.
 pub fn file(
     spool: &Path,
     output: &ClaimedOutput,
@@ -96,21 +98,40 @@ pub fn file(
         .first()
         .map(|a| extension(&a.format))
         .unwrap_or("txt");
-    let path = dir.join(format!("{}.{ext}", base_name(output)));
+    let base = base_name(output);
+    let files: Vec<(String, Vec<u8>)> = if ext == "pdf" && artefacts.len() > 1 {
+        artefacts
+            .iter()
+            .map(|a| (format!("{base}.{}.pdf", a.job), a.content.clone()))
+            .collect()
+    } else {
+        vec![(format!("{base}.{ext}"), combined(artefacts))]
+    };
+    let mut first = None;
+    for (name, content) in &files {
+        let path = write_atomically(&dir, name, content)?;
+        first.get_or_insert(path);
+    }
+    let path = first.unwrap_or_else(|| dir.join(format!("{base}.{ext}")));
+    Ok((path, checksum(&combined(artefacts))))
+}
+
+/// Write `content` to `dir/name` through a temporary file and a rename.
+fn write_atomically(dir: &Path, name: &str, content: &[u8]) -> Result<PathBuf, ChannelError> {
+    let path = dir.join(name);
     // Each writer writes a temporary file of its own (a node that lost its claim but has
     // not noticed yet never writes into ours), named after the output so that one left by
     // a writer that died is recognised and removed below.
-    let temp_prefix = format!(".{}.{ext}.tmp-", base_name(output));
+    let temp_prefix = format!(".{name}.tmp-");
     let temp = dir.join(format!("{temp_prefix}{}", std::process::id()));
-    let content = combined(artefacts);
     let write = || -> std::io::Result<()> {
         use std::io::Write;
         let mut f = std::fs::File::create(&temp)?;
-        f.write_all(&content)?;
+        f.write_all(content)?;
         f.sync_all()?;
         std::fs::rename(&temp, &path)?;
         // The rename itself survives a crash once the directory is flushed.
-        std::fs::File::open(&dir)?.sync_all()
+        std::fs::File::open(dir)?.sync_all()
     };
     write().map_err(|e| {
         let _ = std::fs::remove_file(&temp);
@@ -118,7 +139,7 @@ pub fn file(
     })?;
     // This writer holds the output's claim, so a temporary file of another writer of the
     // same output was left by one whose claim is gone (its node died mid-write).
-    if let Ok(entries) = std::fs::read_dir(&dir) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
             if entry
                 .file_name()
@@ -129,7 +150,7 @@ pub fn file(
             }
         }
     }
-    Ok((path, checksum(&content)))
+    Ok(path)
 }
 
 /// A new directory under the temporary directory that only this user may enter, created
@@ -260,6 +281,7 @@ pub async fn email(
             "csv" => "text/csv",
             "json" => "application/json",
             "html" => "text/html",
+            "pdf" => "application/pdf",
             _ => "text/plain",
         };
         let name = format!("{}-{}.{}", a.report, a.job, extension(&a.format));

@@ -15,7 +15,7 @@ use crate::core::catalog;
 use crate::core::errors::{self, raise};
 use crate::core::spi::first;
 
-const FORMATS: &[&str] = &["csv", "json", "text", "html"];
+const FORMATS: &[&str] = &["csv", "json", "text", "html", "pdf"];
 
 /// `herald.report(name, query, format, template, statement_timeout, class, submit_roles,
 /// max_attempts)`: define or replace a report. Its jobs are submitted with
@@ -54,15 +54,15 @@ fn report(
         raise(
             Code::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("unknown report format \"{}\"", errors::shown(format)),
-            Some("Formats: csv, json, text, html.".into()),
+            Some("Formats: csv, json, text, html, pdf.".into()),
         );
     }
     if let Some(t) = template {
-        if format != "text" && format != "html" {
+        if !matches!(format, "text" | "html" | "pdf") {
             raise(
                 Code::ERRCODE_INVALID_PARAMETER_VALUE,
                 format!("a {format} report has no template"),
-                Some("Templates render text and html reports.".into()),
+                Some("Templates render text, html and pdf reports.".into()),
             );
         }
         if let Err(e) = render::check_template(t) {

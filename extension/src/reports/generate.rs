@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use std::ffi::{CStr, CString};
 use std::time::Instant;
 
+use super::pdf;
 use super::render;
 use super::settings;
 use crate::core::catalog;
@@ -172,7 +173,7 @@ fn produce(def: &Definition, params: &pgrx::JsonB) -> Result<(Vec<u8>, i64), Str
             });
             let text =
                 render::template(template, format == "html", &def.report, values, &params.0)?;
-            Ok((text.into_bytes(), rows))
+            Ok((finish(format, text), rows))
         }
         (format, None) => {
             let mut columns = Vec::new();
@@ -188,8 +189,17 @@ fn produce(def: &Definition, params: &pgrx::JsonB) -> Result<(Vec<u8>, i64), Str
             } else {
                 render::text_table(&columns, &table)
             };
-            Ok((text.into_bytes(), rows))
+            Ok((finish(format, text), rows))
         }
+    }
+}
+
+/// The artefact of a text rendering: the text, or for `pdf` the text set on pages.
+fn finish(format: &str, text: String) -> Vec<u8> {
+    if format == "pdf" {
+        pdf::pdf(&text)
+    } else {
+        text.into_bytes()
     }
 }
 

@@ -5,6 +5,7 @@
 //! - [`generate`]: the `report` runner: the query as the report's owner, read-only, under
 //!   its statement timeout; the artefact stored with its checksum
 //! - [`render`]: csv, json, text and html, plain or through a minijinja template
+//! - [`pdf`]: pdf, the text rendering set on pages
 //! - [`groups`]: `herald.create_report_group`, `herald.seal_group`,
 //!   `herald.release_group`, and the exactly-once decision under the group's lock
 //! - [`output`]: output records for coordinators: claim, artefacts, record (fenced by
@@ -26,6 +27,7 @@ pub mod define;
 pub mod generate;
 pub mod groups;
 pub mod output;
+pub mod pdf;
 pub mod render;
 pub mod settings;
 pub mod submit;

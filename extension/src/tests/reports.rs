@@ -71,6 +71,7 @@ mod tests {
         run("SELECT herald.report('inv_json', 'SELECT no, total FROM app.invoice ORDER BY no', 'json')");
         run("SELECT herald.report('inv_text', 'SELECT no, customer FROM app.invoice ORDER BY no', 'text')");
         run("SELECT herald.report('inv_html', 'SELECT customer FROM app.invoice WHERE no = 2', 'html')");
+        run("SELECT herald.report('inv_pdf', 'SELECT no, customer FROM app.invoice ORDER BY no', 'pdf')");
         run("SELECT herald.report('inv_tpl', 'SELECT no, total, current_user AS who FROM app.invoice
                                                WHERE no = ($1->>''no'')::int', 'text',
                                   template => '{% for r in rows %}Invoice {{ r.no }} for {{ params.to }}: {{ r.total }} ({{ r.who }}){% endfor %}')");
@@ -80,11 +81,12 @@ mod tests {
         let json = one::<i64>("SELECT herald.submit_report('inv_json')").unwrap();
         let text = one::<i64>("SELECT herald.submit_report('inv_text')").unwrap();
         let html = one::<i64>("SELECT herald.submit_report('inv_html')").unwrap();
+        let pdf = one::<i64>("SELECT herald.submit_report('inv_pdf')").unwrap();
         let tpl =
             one::<i64>(r#"SELECT herald.submit_report('inv_tpl', '{"no": 1, "to": "ACME"}')"#)
                 .unwrap();
         run("RESET ROLE");
-        assert_eq!(run_all(), vec!["COMPLETED"; 6]);
+        assert_eq!(run_all(), vec!["COMPLETED"; 7]);
         assert_eq!(
             artefact(csv),
             "no,customer,total,note\n1,ACME,9.50,\"a,b\"\n2,Müller & Söhne,120,\n3,ACME,1,\"say \"\"hi\"\"\"\n"
@@ -102,6 +104,19 @@ mod tests {
             "no | customer\n---+---------------\n1  | ACME\n2  | Müller & Söhne\n3  | ACME\n(3 rows)\n"
         );
         assert!(artefact(html).contains("<td>Müller &amp; Söhne</td>"));
+        // A PDF document whose page shows the text table's lines in Courier, Latin-1 text
+        // in its WinAnsi encoding (written in hex: the line of Müller & Söhne).
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM herald.report_job
+                  WHERE job = {pdf} AND substring(content FROM 1 FOR 5) = '%PDF-'::bytea
+                    AND position('%%EOF'::bytea IN content) > 0
+                    AND position('/BaseFont /Courier'::bytea IN content) > 0
+                    AND position('(3  | ACME) Tj'::bytea IN content) > 0
+                    AND position('<3220207C204DFC6C6C657220262053F6686E65> Tj'::bytea IN content) > 0"
+            )),
+            1
+        );
         // The query ran as the report's owner, not as whoever ran the job.
         assert_eq!(artefact(tpl), "Invoice 1 for ACME: 9.5 (clerk)");
         assert_eq!(
@@ -189,8 +204,8 @@ mod tests {
             "syntax error",
         );
         assert_error(
-            "SELECT herald.report('x', 'SELECT 1', 'pdf')",
-            "unknown report format \"pdf\"",
+            "SELECT herald.report('x', 'SELECT 1', 'xlsx')",
+            "unknown report format \"xlsx\"",
         );
         assert_error(
             "SELECT herald.report('x', 'SELECT 1', 'csv', template => 'x')",
