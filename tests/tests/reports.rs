@@ -754,3 +754,67 @@ async fn a_mail_server_down_for_a_while_delays_the_mail_without_losing_it() {
     assert_eq!(mails(&maildir).len(), 1);
     assert!(node.terminate().success());
 }
+
+/// A group of pdf reports written to a file channel: PDFs cannot be joined by appending
+/// them, so each member is a PDF file of its own (`group-N.<job>.pdf`), each whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pdf_group_is_one_whole_pdf_file_per_member() {
+    let (env, db) = Env::start().await;
+    db.batch_execute(
+        "SELECT herald.report('slip', 'SELECT ($1->>''n'')::int AS n, ''Müller & Söhne'' AS customer', 'pdf');
+         SELECT herald.output_channel('spool', 'file', 'slips');",
+    )
+    .await
+    .unwrap();
+    let spool = env.cluster.dir.join("spool");
+    let spool_arg = spool.to_string_lossy().into_owned();
+    let mut node = env.coordinator_with("pdf", &env.url(), &["--spool-dir", &spool_arg]);
+    let g: i64 = db
+        .query_one("SELECT herald.create_report_group('slips', 'spool')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    for n in 1..=3 {
+        db.execute(
+            "SELECT herald.submit_report('slip', jsonb_build_object('n', $1::int), $2)",
+            &[&n, &g],
+        )
+        .await
+        .unwrap();
+    }
+    db.execute("SELECT herald.seal_group($1)", &[&g])
+        .await
+        .unwrap();
+    wait_for(
+        &db,
+        &format!("SELECT EXISTS (SELECT FROM herald.report_output WHERE group_id = {g} AND state = 'sent')"),
+        60,
+        "the group's output",
+    )
+    .await;
+    let jobs: Vec<i64> = db
+        .query(
+            "SELECT job FROM herald.report_job WHERE group_id = $1 ORDER BY member_no",
+            &[&g],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let dir = spool.join("slips");
+    let mut expected: Vec<String> = jobs.iter().map(|j| format!("group-{g}.{j}.pdf")).collect();
+    expected.sort();
+    assert_eq!(spool_files(&dir), expected);
+    for j in &jobs {
+        let file = std::fs::read(dir.join(format!("group-{g}.{j}.pdf"))).unwrap();
+        let stored: Vec<u8> = db
+            .query_one("SELECT content FROM herald.report_job WHERE job = $1", &[j])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(file, stored, "the member's artefact, whole");
+        assert!(file.starts_with(b"%PDF-") && file.trim_ascii_end().ends_with(b"%%EOF"));
+    }
+    assert!(node.terminate().success());
+}
