@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use super::wait_until;
+use crate::db;
 
 const SETUP: &str = r#"
 SELECT herald.resource('printer', 'exclusive', 1, default_lease => '1 minute');
@@ -97,7 +98,7 @@ pub(super) async fn run(
 
     // A session holds the printer with a 2-second lease; a print job waits in line; the
     // session is killed.
-    let desk = crate::db::connect(config, "demo-label-desk")
+    let desk = db::connect(config, "demo-label-desk")
         .await
         .map_err(|e| e.to_string())?;
     let row = desk

@@ -12,9 +12,10 @@
 use pgrx::prelude::*;
 
 use super::acquire::{self, Request};
-use super::{event, find_resource, now, state, wake_waiters_at_commit};
+use super::{event, find_resource, is_admin, now, state, wake_waiters_at_commit};
 use crate::core::catalog;
 use crate::core::errors;
+use crate::core::spi::first;
 use crate::model::gate::{self, Granted, Need, Taken};
 
 /// Register the gate's locks side (from `_PG_init`).
@@ -64,7 +65,21 @@ fn refusal(need: &Need) -> Option<String> {
     None
 }
 
+/// Raise unless `needs` name resources that exist and take their counts, and the caller
+/// may take locks (a job's grants block everyone else as a caller's would: declaring them
+/// needs what `herald.lock_acquire` needs).
 fn check(needs: &[Need]) {
+    if !is_admin() && !may_acquire() {
+        errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "permission denied to declare resources",
+            Some(
+                "A job holds its resources as any holder would: whoever declares them needs \
+                 EXECUTE on herald.lock_acquire (sql/examples/grants.sql)."
+                    .into(),
+            ),
+        );
+    }
     for need in needs {
         if let Some(why) = refusal(need) {
             errors::raise(
@@ -78,6 +93,16 @@ fn check(needs: &[Need]) {
             );
         }
     }
+}
+
+/// May the current user call `herald.lock_acquire`?
+fn may_acquire() -> bool {
+    first::<bool>(
+        "SELECT pg_catalog.has_function_privilege(
+             'herald.lock_acquire(text, text, integer, interval, interval)', 'EXECUTE')",
+        &[],
+    )
+    .unwrap_or(false)
 }
 
 fn request_of(job: i64, needs: &[Need]) -> Request {

@@ -449,6 +449,24 @@ mod tests {
             "SELECT herald.submit_job('post', resources => '{\"nope\": 1}')",
             "resource \"nope\" does not exist",
         );
+        // Declaring resources needs what taking locks needs.
+        run("CREATE ROLE typist");
+        run("GRANT USAGE ON SCHEMA herald, app TO typist");
+        run("GRANT EXECUTE ON FUNCTION herald.create_job_type(text, text, text, text, text, text, text, text, boolean, boolean, boolean, boolean, integer, interval, text[], jsonb),
+                  herald.submit_job(text, jsonb, text, text, timestamptz, jsonb) TO typist");
+        run("SET ROLE typist");
+        assert_error(
+            "SELECT herald.create_job_type('t2', 'app.work', resources => '{\"printer\": 1}')",
+            "permission denied to declare resources",
+        );
+        run("SELECT herald.create_job_type('t3', 'app.work')");
+        assert_error(
+            "SELECT herald.submit_job('t3', resources => '{\"printer\": 1}')",
+            "permission denied to declare resources",
+        );
+        run("SELECT herald.submit_job('t3')");
+        run("RESET ROLE");
+        run("DELETE FROM herald.job WHERE type = 't3'");
         // A job's own resources are added to its type's; a count it names wins.
         let id = one::<i64>(
             "SELECT herald.submit_job('post', '{}', resources => '{\"printer\": 1, \"ledger\": 1}')",
