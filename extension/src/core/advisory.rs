@@ -196,6 +196,15 @@ impl KeySpace {
         result != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
     }
 
+    /// [`KeySpace::hold_for_session`] without waiting: None if another backend holds it.
+    pub fn try_hold_for_session(self, key: i32, mode: u32) -> Option<SessionHold> {
+        self.try_lock_for_session(key, mode).then_some(SessionHold {
+            space: self,
+            key,
+            mode,
+        })
+    }
+
     /// Release one session-level hold of lock `key` in `mode`; false if this backend did
     /// not hold it.
     pub fn unlock_session(self, key: i32, mode: u32) -> bool {

@@ -602,6 +602,10 @@ fn claim_of(
                     release_claim(head.id);
                     continue;
                 }
+                resources::Claim::Later => {
+                    release_claim(head.id);
+                    return None;
+                }
                 resources::Claim::Never(why) => {
                     transition(
                         head.id,

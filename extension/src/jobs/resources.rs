@@ -3,6 +3,7 @@
 //! takes a due job's resources before it starts the job, or leaves the job waiting in
 //! line (not due, `run_after` 'infinity', until the release that lets it in); a job gives
 //! them back in whatever state it ends (`lifecycle::transition`).
+use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode as Code;
 
@@ -52,8 +53,10 @@ pub fn of_job(of_type: Option<&pgrx::JsonB>, of_job: Option<&pgrx::JsonB>) -> Op
     (!all.is_empty()).then(|| pgrx::JsonB(gate::to_json(&all)))
 }
 
-/// A request `job` left in line is next and fits: make the job due, if it still waits.
-fn granted(job: i64) -> Granted {
+/// A request `job` left in line `since` is next and fits: make the job due, if it still
+/// waits, as of when it joined the line (it holds its resources: it comes before jobs of its
+/// class that fell due since).
+fn granted(job: i64, since: i64) -> Granted {
     let found = catalog::as_owner(|| {
         Spi::connect_mut(|client| {
             let rows = errors::spi(client.update(
@@ -86,10 +89,13 @@ fn granted(job: i64) -> Granted {
     }
     catalog::as_owner(|| {
         errors::spi(Spi::run_with_args(
-            "UPDATE herald.job SET run_after = pg_catalog.clock_timestamp()
+            "UPDATE herald.job SET run_after = LEAST($2, pg_catalog.clock_timestamp())
               WHERE id OPERATOR(pg_catalog.=) $1 AND state OPERATOR(pg_catalog.=) 'CREATED'
                 AND run_after OPERATOR(pg_catalog.=) 'infinity'",
-            &[job.into()],
+            &[
+                job.into(),
+                TimestampWithTimeZone::try_from(since).ok().into(),
+            ],
         ))
     });
     wake_managers_at_commit();
@@ -104,6 +110,8 @@ pub enum Claim {
     Waits,
     /// They can never be granted as declared: why.
     Never(String),
+    /// Not now (another decision on them is in progress): it stays due.
+    Later,
 }
 
 /// Before a claim starts `job`: take its resources.
@@ -115,16 +123,26 @@ pub fn take_for_claim(job: i64, resources: &pgrx::JsonB) -> Claim {
     match gate::take(job, &needs) {
         gate::Taken::Held => Claim::Start,
         gate::Taken::Queued => {
-            catalog::as_owner(|| {
-                errors::spi(Spi::run_with_args(
-                    "UPDATE herald.job SET run_after = 'infinity'
-                      WHERE id OPERATOR(pg_catalog.=) $1 AND state OPERATOR(pg_catalog.=) 'CREATED'",
-                    &[job.into()],
-                ))
+            let waits = catalog::as_owner(|| {
+                Spi::connect_mut(|client| {
+                    !errors::spi(client.update(
+                        "UPDATE herald.job SET run_after = 'infinity'
+                          WHERE id OPERATOR(pg_catalog.=) $1 AND state OPERATOR(pg_catalog.=) 'CREATED'
+                          RETURNING id",
+                        None,
+                        &[job.into()],
+                    ))
+                    .is_empty()
+                })
             });
+            if !waits {
+                // Ended meanwhile (its end could not see the request made here): out of line.
+                gate::give_back(job);
+            }
             Claim::Waits
         }
         gate::Taken::Refused(why) => Claim::Never(why),
+        gate::Taken::Busy => Claim::Later,
     }
 }
 

@@ -281,6 +281,17 @@ pub(super) fn decide(names: &[String]) -> Vec<SessionHold> {
         .collect()
 }
 
+/// [`decide`] without waiting: None if another decision on one of `names` is in progress
+/// (the locks taken meanwhile are given back).
+pub(super) fn try_decide(names: &[String]) -> Option<Vec<SessionHold>> {
+    let mut keys: Vec<i32> = names.iter().map(|n| key(n)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys.into_iter()
+        .map(|k| KeySpace::LockDecision.try_hold_for_session(k, pg_sys::ExclusiveLock))
+        .collect()
+}
+
 /// May `request` (with `ticket` once it queues) be granted now? No request may be ahead
 /// of it on any of its resources, and each must take its count.
 pub(super) fn grantable(request: &Request, ticket: Option<i64>) -> bool {

@@ -122,7 +122,11 @@ fn take(job: i64, needs: &[Need]) -> Taken {
         return Taken::Refused(why);
     }
     let request = request_of(job, needs);
-    let _decision = acquire::decide(&request.names);
+    // (Never waited for on a claim's path: a decision in progress may itself wait for a
+    // transaction that is about to decide here.)
+    let Some(_decision) = acquire::try_decide(&request.names) else {
+        return Taken::Busy;
+    };
     let now = now();
     let states: Vec<state::State> = request.names.iter().map(|n| state::read(n)).collect();
     let holds = |s: &state::State| s.holders.iter().any(|h| h.job == Some(job) && h.live(now));
@@ -258,7 +262,16 @@ fn queued_request(job: i64) -> Option<(Vec<Need>, i64)> {
 /// at the first request that does not fit, at a waiting session (it is woken and takes its
 /// grant itself) and at a job another transaction is busy with (the next promotion serves
 /// it).
+///
+/// A promotion never waits for another decision (it would wait in a transaction that may
+/// hold what that decision waits for): it leaves the line to the next promotion, as it
+/// does in a transaction with a snapshot of its own (the job rows it must lock may have
+/// changed since); coordinators promote every second.
 pub fn promote(resource: &str) {
+    // SAFETY: reads a backend global.
+    if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+        return;
+    }
     // (Most resources have no job in line: one look at the requests says so.)
     if !state::read_requests(Some(resource))
         .iter()
@@ -278,7 +291,23 @@ pub fn promote(resource: &str) {
             return;
         };
         let request = request_of(job, &needs);
-        let _decision = acquire::decide(&request.names);
+        let Some(_decision) = acquire::try_decide(&request.names) else {
+            return;
+        };
+        // A request that can never be granted as it was made (a limit lowered below its
+        // count, a resource dropped or made exclusive) leaves the line, and the job is
+        // made due: its claim then ends it with the reason.
+        if needs.iter().any(|n| refusal(n).is_some()) {
+            match gate::granted(job, at) {
+                Granted::Busy => return,
+                Granted::Take | Granted::Gone => {
+                    for r in delete_requests(job) {
+                        wake_waiters_at_commit(&r);
+                    }
+                    continue;
+                }
+            }
+        }
         // (Looked at again inside the decision: another promotion may have granted it.)
         let now = now();
         let granted_already = request.names.iter().any(|n| {
@@ -290,7 +319,7 @@ pub fn promote(resource: &str) {
         if granted_already || !acquire::grantable(&request, Some(ticket)) {
             return;
         }
-        match gate::granted(job) {
+        match gate::granted(job, at) {
             Granted::Take => {
                 delete_requests(job);
                 acquire::grant(&request, at);

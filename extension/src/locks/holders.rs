@@ -44,7 +44,7 @@ fn lock_renew(
                FROM herald.resource r
               WHERE r.name OPERATOR(pg_catalog.=) h.resource
                 AND h.resource OPERATOR(pg_catalog.=) $1 AND h.token OPERATOR(pg_catalog.=) $3
-                AND h.holder OPERATOR(pg_catalog.=) $2
+                AND h.holder OPERATOR(pg_catalog.=) $2 AND h.job IS NULL
                 AND h.expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()
               RETURNING h.expires_at",
             &[
@@ -74,7 +74,7 @@ fn lock_release(resource: Option<&str>, holder: Option<&str>, token: Option<i64>
                 client,
                 "DELETE FROM herald.lock_holder
                   WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $3
-                    AND holder OPERATOR(pg_catalog.=) $2
+                    AND holder OPERATOR(pg_catalog.=) $2 AND job IS NULL
                     AND expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()
                   RETURNING count",
                 &[pg_sys::TEXTOID, pg_sys::TEXTOID, pg_sys::INT8OID],
@@ -105,7 +105,7 @@ fn not_held(resource: &str, holder: &str, token: i64, what: &str) -> ! {
         Spi::connect(|client| {
             let rows = errors::spi(client.select(
                 "SELECT holder, expires_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp(),
-                        expires_at::pg_catalog.text
+                        expires_at::pg_catalog.text, job
                    FROM herald.lock_holder
                   WHERE resource OPERATOR(pg_catalog.=) $1 AND token OPERATOR(pg_catalog.=) $2",
                 None,
@@ -116,12 +116,21 @@ fn not_held(resource: &str, holder: &str, token: i64, what: &str) -> ! {
                     r.get::<String>(1).ok().flatten().unwrap_or_default(),
                     r.get::<bool>(2).ok().flatten().unwrap_or(false),
                     r.get::<String>(3).ok().flatten().unwrap_or_default(),
+                    r.get::<i64>(4).ok().flatten(),
                 )
             })
         })
     });
     let (message, hint) = match found {
-        Some((other, _, _)) if other != holder => (
+        Some((_, _, _, Some(job))) => (
+            format!(
+                "cannot {what} lock {token} on resource \"{}\": it is held by job {job}",
+                errors::shown(resource)
+            ),
+            "A job's grants are released when the job ends; an administrator may end one \
+             with herald.force_release.",
+        ),
+        Some((other, _, _, _)) if other != holder => (
             format!(
                 "cannot {what} lock {token} on resource \"{}\": it is held by \"{}\", not \"{}\"",
                 errors::shown(resource),
@@ -130,7 +139,7 @@ fn not_held(resource: &str, holder: &str, token: i64, what: &str) -> ! {
             ),
             "Only the holder a grant was made to may renew or release it.",
         ),
-        Some((_, true, expired)) => (
+        Some((_, true, expired, _)) => (
             format!(
                 "cannot {what} lock {token} on resource \"{}\": its lease expired at {expired}",
                 errors::shown(resource)

@@ -21,12 +21,16 @@ pub enum Taken {
     /// (committed with the caller's transaction) until a release grants it, and then
     /// [`Granted`] is called.
     Queued,
+    /// Another decision on one of them is in progress: ask again later (the job stays due).
+    Busy,
     /// They can never be granted as asked (a resource was dropped, a count is more than a
     /// limit): why.
     Refused(String),
 }
 
-/// How a granted job is told, in the granting transaction, before the grant is written.
+/// How a job whose request was next in line is told, in the granting transaction, before
+/// the grant is written (or before a request that can never be granted is dropped: the
+/// job's next claim then finds out why).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Granted {
     /// The job still waits for it and is due now: write the grant.
@@ -49,8 +53,9 @@ pub struct Locks {
     pub give_back: fn(job: i64),
 }
 
-/// How the jobs area hears of a grant (see [`granted`]).
-pub type GrantedFn = fn(job: i64) -> Granted;
+/// How the jobs area hears of a grant (see [`granted`]): the job, and since when its
+/// request waited (microseconds since 2000, as timestamps are stored).
+pub type GrantedFn = fn(job: i64, since: i64) -> Granted;
 
 thread_local! {
     static LOCKS: Cell<Option<Locks>> = const { Cell::new(None) };
@@ -88,12 +93,13 @@ pub fn give_back(job: i64) {
     (locks().give_back)(job)
 }
 
-/// A request `job` left in line may be granted now: tell the jobs area (see [`Granted`]).
-pub fn granted(job: i64) -> Granted {
+/// A request `job` left in line `since` may be granted now: tell the jobs area (see
+/// [`Granted`]).
+pub fn granted(job: i64, since: i64) -> Granted {
     let granted = GRANTED
         .with(|g| g.get())
         .expect("the jobs area registers its side of the gate when the library loads");
-    granted(job)
+    granted(job, since)
 }
 
 /// The needs `{"resource": count, ...}` describes, in resource order; or why it does not

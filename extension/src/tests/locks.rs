@@ -334,6 +334,16 @@ mod tests {
         let second = submit("print", 2);
         assert_eq!(claim(), Some(first));
         assert_eq!(holders("printer"), vec![format!("job {first}")]);
+        // Nobody but the job ends its grant (an administrator may force it).
+        let job_token = token(&format!(
+            "SELECT token FROM herald.lock_holder WHERE job = {first}"
+        ));
+        for call in ["lock_release", "lock_renew"] {
+            assert_error(
+                &format!("SELECT herald.{call}('printer', 'job {first}', {job_token})"),
+                &format!("is held by job {first}"),
+            );
+        }
         // The second waits in line for the printer and is not due meanwhile.
         assert_eq!(claim(), None);
         assert_eq!(job_state(second), "CREATED");
@@ -415,6 +425,20 @@ mod tests {
         assert_eq!(
             count("SELECT sum(count) FROM herald.lock_holder WHERE resource = 'ledger'"),
             4
+        );
+        // A limit lowered below a waiting job's count: the job leaves the line and its
+        // claim ends it with the reason, instead of blocking everyone behind it.
+        let d = submit("post", 4);
+        assert_eq!(claim(), None);
+        assert_eq!(waiters("ledger"), vec![format!("job {d}")]);
+        run("UPDATE herald.resource SET lock_limit = 1 WHERE name = 'ledger'");
+        assert!(waiters("ledger").is_empty());
+        assert_eq!(claim(), None);
+        assert_eq!(job_state(d), "STARTERROR");
+        assert!(
+            one::<String>(&format!("SELECT error FROM herald.job WHERE id = {d}"))
+                .unwrap()
+                .contains("more than the lock_limit 1")
         );
     }
 
