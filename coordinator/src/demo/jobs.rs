@@ -5,7 +5,7 @@
 //! through an ordinary listener and queue.
 use std::time::{Duration, Instant};
 
-use super::wait_until;
+use super::{pg, wait_until};
 use crate::db;
 
 const USERS: i32 = 10;
@@ -46,12 +46,6 @@ UPDATE herald.job_class SET max_running = 1, wait_timeout = '2 seconds' WHERE na
 INSERT INTO herald.event_queue (name, event_run) VALUES ('job_alerts', 1);
 SELECT herald.add_system_listener('demo.record_alert', 'JOB', 'job_alerts');
 "#;
-
-fn pg(e: tokio_postgres::Error) -> String {
-    e.as_db_error()
-        .map(|d| d.message().to_string())
-        .unwrap_or_else(|| e.to_string())
-}
 
 pub(super) async fn run(
     admin: &tokio_postgres::Client,

@@ -5,7 +5,7 @@
 //! session until its lease expires, and the waiting job is granted the printer at once.
 use std::time::Instant;
 
-use super::wait_until;
+use super::{pg, wait_until};
 use crate::db;
 
 const SETUP: &str = r#"
@@ -26,12 +26,6 @@ SELECT herald.add_system_listener('demo.record_lock', 'LOCK', sync => true);
 SELECT herald.create_job_type('print_batch', 'demo.print_batch', startnow => true,
                               newthread => true, resources => '{"printer": 1}');
 "#;
-
-fn pg(e: tokio_postgres::Error) -> String {
-    e.as_db_error()
-        .map(|d| d.message().to_string())
-        .unwrap_or_else(|| e.to_string())
-}
 
 pub(super) async fn run(
     admin: &tokio_postgres::Client,

@@ -337,6 +337,13 @@ async fn print_drainers(admin: &tokio_postgres::Client, title: &str) -> Result<(
     Ok(())
 }
 
+/// A database error as the demo prints it: the server's message.
+pub(super) fn pg(e: tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string())
+}
+
 pub(super) async fn wait_until(
     admin: &tokio_postgres::Client,
     sql: &str,

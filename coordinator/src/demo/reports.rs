@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Instant;
 
-use super::wait_until;
+use super::{pg, wait_until};
 use crate::db;
 
 const GROUPS: i64 = 500;
@@ -38,12 +38,6 @@ INVOICE {{ rows[0].no }}    {{ rows[0].issued }}
 $t$);
 SELECT herald.output_channel('invoice_spool', 'file', 'invoices');
 "#;
-
-fn pg(e: tokio_postgres::Error) -> String {
-    e.as_db_error()
-        .map(|d| d.message().to_string())
-        .unwrap_or_else(|| e.to_string())
-}
 
 /// Submit the business cases of one session: each gets its invoices (and lines), then a
 /// group with one report job per invoice, sealed at once.

@@ -273,21 +273,25 @@ pub(super) fn check_count(r: &Resource, count: i32) {
 /// Take the decision locks of `names`, in name order (so two deciders of overlapping sets
 /// never wait for each other in a circle).
 pub(super) fn decide(names: &[String]) -> Vec<SessionHold> {
+    decision_keys(names)
+        .into_iter()
+        .map(|k| KeySpace::LockDecision.hold_for_session(k, pg_sys::ExclusiveLock))
+        .collect()
+}
+
+/// The decision lock keys of `names`, in the order they are taken.
+fn decision_keys(names: &[String]) -> Vec<i32> {
     let mut keys: Vec<i32> = names.iter().map(|n| key(n)).collect();
     keys.sort_unstable();
     keys.dedup();
-    keys.into_iter()
-        .map(|k| KeySpace::LockDecision.hold_for_session(k, pg_sys::ExclusiveLock))
-        .collect()
+    keys
 }
 
 /// [`decide`] without waiting: None if another decision on one of `names` is in progress
 /// (the locks taken meanwhile are given back).
 pub(super) fn try_decide(names: &[String]) -> Option<Vec<SessionHold>> {
-    let mut keys: Vec<i32> = names.iter().map(|n| key(n)).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    keys.into_iter()
+    decision_keys(names)
+        .into_iter()
         .map(|k| KeySpace::LockDecision.try_hold_for_session(k, pg_sys::ExclusiveLock))
         .collect()
 }

@@ -286,15 +286,17 @@ mod tests {
         one::<String>(&format!("SELECT state FROM herald.job WHERE id = {job}")).unwrap()
     }
 
-    /// The holders of `resource` as `herald.locks` shows them.
-    fn holders(resource: &str) -> Vec<String> {
+    /// The holders (`role` 'holder', by token) or waiters ('waiter', in line) of
+    /// `resource` as `herald.locks` shows them.
+    fn in_view(resource: &str, role: &str) -> Vec<String> {
         let mut out = Vec::new();
         Spi::connect(|c| {
             for row in c
                 .select(
                     &format!(
                         "SELECT holder FROM herald.locks
-                          WHERE resource = '{resource}' AND role = 'holder' ORDER BY token"
+                          WHERE resource = '{resource}' AND role = '{role}'
+                          ORDER BY position, token"
                     ),
                     None,
                     &[],
@@ -307,24 +309,12 @@ mod tests {
         out
     }
 
+    fn holders(resource: &str) -> Vec<String> {
+        in_view(resource, "holder")
+    }
+
     fn waiters(resource: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        Spi::connect(|c| {
-            for row in c
-                .select(
-                    &format!(
-                        "SELECT holder FROM herald.locks
-                          WHERE resource = '{resource}' AND role = 'waiter' ORDER BY position"
-                    ),
-                    None,
-                    &[],
-                )
-                .unwrap()
-            {
-                out.push(row.get::<String>(1).unwrap().unwrap());
-            }
-        });
-        out
+        in_view(resource, "waiter")
     }
 
     #[pg_test]
