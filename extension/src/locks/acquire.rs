@@ -240,34 +240,34 @@ pub(super) fn waiting_events(request: &Request) {
 
 /// Raise unless `count` is a count `r` may grant.
 pub(super) fn check_count(r: &Resource, count: i32) {
-    if count < 1 {
+    if let Some(why) = count_refusal(r, count) {
         raise(
             Code::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("count must be at least 1, not {count}"),
-            None,
+            why,
+            (count >= 1 && r.shared).then(|| "Such a request could never be granted.".into()),
         );
+    }
+}
+
+/// Why `r` can never grant `count`, if it cannot.
+pub(super) fn count_refusal(r: &Resource, count: i32) -> Option<String> {
+    if count < 1 {
+        return Some(format!("count must be at least 1, not {count}"));
     }
     if !r.shared && count != 1 {
-        raise(
-            Code::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!(
-                "resource \"{}\" is exclusive: count must be 1, not {count}",
-                errors::shown(&r.name)
-            ),
-            None,
-        );
+        return Some(format!(
+            "resource \"{}\" is exclusive: count must be 1, not {count}",
+            errors::shown(&r.name)
+        ));
     }
     if r.shared && r.limit > 0 && count > r.limit {
-        raise(
-            Code::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!(
-                "count {count} is more than the lock_limit {} of resource \"{}\"",
-                r.limit,
-                errors::shown(&r.name)
-            ),
-            Some("Such a request could never be granted.".into()),
-        );
+        return Some(format!(
+            "count {count} is more than the lock_limit {} of resource \"{}\"",
+            r.limit,
+            errors::shown(&r.name)
+        ));
     }
+    None
 }
 
 /// Take the decision locks of `names`, in name order (so two deciders of overlapping sets

@@ -40,29 +40,7 @@ fn refusal(need: &Need) -> Option<String> {
             errors::shown(&need.resource)
         ));
     };
-    if need.count < 1 {
-        return Some(format!(
-            "the count of resource \"{}\" must be at least 1, not {}",
-            errors::shown(&need.resource),
-            need.count
-        ));
-    }
-    if !r.shared && need.count != 1 {
-        return Some(format!(
-            "resource \"{}\" is exclusive: its count must be 1, not {}",
-            errors::shown(&need.resource),
-            need.count
-        ));
-    }
-    if r.shared && r.limit > 0 && need.count > r.limit {
-        return Some(format!(
-            "count {} is more than the lock_limit {} of resource \"{}\"",
-            need.count,
-            r.limit,
-            errors::shown(&need.resource)
-        ));
-    }
-    None
+    acquire::count_refusal(&r, need.count)
 }
 
 /// Raise unless `needs` name resources that exist and take their counts, and the caller
